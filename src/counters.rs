@@ -1,0 +1,295 @@
+//! Per-thread allocation counters and the process-wide totals they feed.
+//!
+//! Each heap owns a `ThreadCounters`. Its owner updates it with relaxed loads and stores (never a
+//! read-modify-write), and any thread may read it; readers sum heaps to get process figures. The
+//! public API over these numbers is in `stats`.
+//!
+//! **Net bytes and peaks.** `net` is bytes allocated minus bytes freed by the owning thread. The
+//! thread's own peak is exact: the fast path compares `net` with `hi_mark <= peak`, and the cold
+//! path moves `peak`. The process-wide live total `LIVE` is the sum of what threads have
+//! *published*: a thread publishes when its `net` has moved by more than `PUBLISH_THRESHOLD` since
+//! its last publication (the same compare against `hi_mark`/`lo_mark`), so the fast path touches no
+//! shared cache line. Hence at any moment `|LIVE - true live| <= threads * PUBLISH_THRESHOLD`, and
+//! the process peak `PEAK` (the maximum `LIVE` ever took) is within the same bound of the true peak;
+//! the memory limit is checked against `LIVE` at publication, with the same slack.
+
+use crate::size_class::CLASSES;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use crossbeam_utils::CachePadded;
+
+/// A thread publishes its net change to `LIVE` once it exceeds this many bytes either way.
+pub const PUBLISH_THRESHOLD: i64 = 128 * 1024;
+
+/// A counter written by one thread only (load + store, no RMW) and read by any.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline(always)]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed)
+    }
+}
+
+/// Counters of one heap. All byte figures are requested sizes (what the program asked for).
+///
+/// Invariants (owner's view): `lo_mark <= published <= ...`, `hi_mark == min(peak, published +
+/// PUBLISH_THRESHOLD)`, `lo_mark == published - PUBLISH_THRESHOLD`, `net <= peak`.
+pub struct ThreadCounters {
+    /// Bytes allocated minus bytes freed by this thread.
+    pub net: AtomicI64,
+    /// Bytes freed by this thread (allocated bytes are `net + freed`).
+    pub freed: Counter,
+    /// High-water mark of `net` since the heap was adopted or `reset_thread_peak`.
+    pub peak: AtomicI64,
+    pub reallocs: Counter,
+    /// Blocks allocated (resp. freed) inside `realloc`; counted in the class or large figures but not
+    /// in `allocations` (resp. `deallocations`).
+    pub realloc_allocs: Counter,
+    pub realloc_frees: Counter,
+    pub large_allocs: Counter,
+    pub large_frees: Counter,
+    /// Mapped bytes of live large blocks (after rounding) allocated minus freed by this thread.
+    pub large_active: AtomicI64,
+    /// Requested bytes of live large blocks allocated minus freed by this thread.
+    pub large_live: AtomicI64,
+    hi_mark: Cell<i64>,
+    lo_mark: Cell<i64>,
+    published: Cell<i64>,
+}
+
+/// Process-wide published live bytes (see the module docs for its error bound).
+pub static LIVE: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
+/// Maximum of `LIVE` since start or `reset_peak`.
+pub static PEAK: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
+/// Live-byte limit (`u64::MAX` for none).
+pub static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Totals folded in from heaps whose threads exited (and from the post-exit fallback heap's users).
+pub struct Exited {
+    pub net: AtomicI64,
+    pub freed: AtomicU64,
+    pub reallocs: AtomicU64,
+    pub realloc_allocs: AtomicU64,
+    pub realloc_frees: AtomicU64,
+    pub large_allocs: AtomicU64,
+    pub large_frees: AtomicU64,
+    pub large_active: AtomicI64,
+    pub large_live: AtomicI64,
+    pub class_allocs: [AtomicU64; CLASSES],
+    pub class_frees: [AtomicU64; CLASSES],
+}
+
+pub static EXITED: Exited = Exited {
+    net: AtomicI64::new(0),
+    freed: AtomicU64::new(0),
+    reallocs: AtomicU64::new(0),
+    realloc_allocs: AtomicU64::new(0),
+    realloc_frees: AtomicU64::new(0),
+    large_allocs: AtomicU64::new(0),
+    large_frees: AtomicU64::new(0),
+    large_active: AtomicI64::new(0),
+    large_live: AtomicI64::new(0),
+    class_allocs: [const { AtomicU64::new(0) }; CLASSES],
+    class_frees: [const { AtomicU64::new(0) }; CLASSES],
+};
+
+impl ThreadCounters {
+    pub const fn new() -> Self {
+        ThreadCounters {
+            net: AtomicI64::new(0),
+            freed: Counter::new(),
+            peak: AtomicI64::new(0),
+            reallocs: Counter::new(),
+            realloc_allocs: Counter::new(),
+            realloc_frees: Counter::new(),
+            large_allocs: Counter::new(),
+            large_frees: Counter::new(),
+            large_active: AtomicI64::new(0),
+            large_live: AtomicI64::new(0),
+            hi_mark: Cell::new(0),
+            lo_mark: Cell::new(-PUBLISH_THRESHOLD),
+            published: Cell::new(0),
+        }
+    }
+
+    /// Fast path of an allocation of `size` bytes: true if it was accounted without crossing a
+    /// mark; false if the caller must go to its slow path (nothing was changed).
+    #[inline(always)]
+    pub fn try_alloc_fast(&self, size: usize) -> bool {
+        if cfg!(feature = "stats") {
+            let net = self.net.load(Relaxed) + size as i64;
+            if net > self.hi_mark.get() {
+                return false;
+            }
+            self.net.store(net, Relaxed);
+        }
+        true
+    }
+
+    /// Fast path of a free of `size` bytes, as `try_alloc_fast`.
+    #[inline(always)]
+    pub fn try_free_fast(&self, size: usize) -> bool {
+        if cfg!(feature = "stats") {
+            let net = self.net.load(Relaxed) - size as i64;
+            if net < self.lo_mark.get() {
+                return false;
+            }
+            self.net.store(net, Relaxed);
+            self.freed.add(size as u64);
+        }
+        true
+    }
+
+    /// Accounts an allocation of `size` bytes, publishing if needed. Returns false, changing
+    /// nothing, if the memory limit forbids it.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow(&self, size: usize) -> bool {
+        self.change(size as i64, 0)
+    }
+
+    /// Accounts a free of `size` bytes, publishing if needed.
+    #[cold]
+    #[inline(never)]
+    pub fn free_slow(&self, size: usize) {
+        self.change(-(size as i64), size as u64);
+    }
+
+    /// Accounts a `realloc` from `old` to `new` bytes; false (nothing changed) if over the limit.
+    pub fn realloc(&self, old: usize, new: usize) -> bool {
+        if !self.change(new as i64 - old as i64, old as u64) {
+            return false;
+        }
+        if cfg!(feature = "stats") {
+            self.reallocs.add(1);
+        }
+        true
+    }
+
+    /// Undoes an allocation accounted by `try_alloc_fast`/`alloc_slow` that then failed.
+    pub fn undo_alloc(&self, size: usize) {
+        if cfg!(feature = "stats") {
+            self.net
+                .store(self.net.load(Relaxed) - size as i64, Relaxed);
+            self.refresh_marks();
+        }
+    }
+
+    fn change(&self, delta: i64, freed: u64) -> bool {
+        if !cfg!(feature = "stats") {
+            return true;
+        }
+        let net = self.net.load(Relaxed) + delta;
+        let unpublished = net - self.published.get();
+        if !(-PUBLISH_THRESHOLD..=PUBLISH_THRESHOLD).contains(&unpublished) {
+            if unpublished > 0 {
+                let limit = LIMIT.load(Relaxed);
+                if limit != u64::MAX && LIVE.load(Relaxed) + unpublished > limit as i64 {
+                    return false;
+                }
+            }
+            let live = LIVE.fetch_add(unpublished, Relaxed) + unpublished;
+            PEAK.fetch_max(live, Relaxed);
+            self.published.set(net);
+        }
+        self.net.store(net, Relaxed);
+        self.freed.add(freed);
+        if net > self.peak.load(Relaxed) {
+            self.peak.store(net, Relaxed);
+        }
+        self.refresh_marks();
+        true
+    }
+
+    fn refresh_marks(&self) {
+        let published = self.published.get();
+        self.hi_mark
+            .set(self.peak.load(Relaxed).min(published + PUBLISH_THRESHOLD));
+        self.lo_mark.set(published - PUBLISH_THRESHOLD);
+    }
+
+    /// Sets the thread peak to the current net bytes; returns the old peak.
+    pub fn reset_peak(&self) -> i64 {
+        let old = self.peak.swap(self.net.load(Relaxed), Relaxed);
+        self.refresh_marks();
+        old
+    }
+
+    /// Raises the thread peak to at least `peak` (used by `measure` to restore the outer peak).
+    pub fn raise_peak(&self, peak: i64) {
+        if peak > self.peak.load(Relaxed) {
+            self.peak.store(peak, Relaxed);
+        }
+        self.refresh_marks();
+    }
+
+    /// Moves everything into `EXITED` and the published total, leaving the counters at zero.
+    /// Called by the owner as its thread exits, under the registry lock.
+    pub fn fold_into_exited(&self, class_allocs: &[Counter], class_frees: &[Counter]) {
+        let net = self.net.load(Relaxed);
+        LIVE.fetch_add(net - self.published.get(), Relaxed);
+        EXITED.net.fetch_add(net, Relaxed);
+        EXITED.freed.fetch_add(self.freed.get(), Relaxed);
+        EXITED.reallocs.fetch_add(self.reallocs.get(), Relaxed);
+        EXITED
+            .realloc_allocs
+            .fetch_add(self.realloc_allocs.get(), Relaxed);
+        EXITED
+            .realloc_frees
+            .fetch_add(self.realloc_frees.get(), Relaxed);
+        EXITED
+            .large_allocs
+            .fetch_add(self.large_allocs.get(), Relaxed);
+        EXITED
+            .large_frees
+            .fetch_add(self.large_frees.get(), Relaxed);
+        EXITED
+            .large_active
+            .fetch_add(self.large_active.load(Relaxed), Relaxed);
+        EXITED
+            .large_live
+            .fetch_add(self.large_live.load(Relaxed), Relaxed);
+        for (c, (a, f)) in class_allocs.iter().zip(class_frees).enumerate() {
+            EXITED.class_allocs[c].fetch_add(a.get(), Relaxed);
+            EXITED.class_frees[c].fetch_add(f.get(), Relaxed);
+            a.set(0);
+            f.set(0);
+        }
+        self.net.store(0, Relaxed);
+        self.freed.set(0);
+        self.peak.store(0, Relaxed);
+        self.reallocs.set(0);
+        self.realloc_allocs.set(0);
+        self.realloc_frees.set(0);
+        self.large_allocs.set(0);
+        self.large_frees.set(0);
+        self.large_active.store(0, Relaxed);
+        self.large_live.store(0, Relaxed);
+        self.published.set(0);
+        self.refresh_marks();
+    }
+
+    /// Adds `v` to one of the owner-written signed gauges.
+    #[inline]
+    pub fn bump(gauge: &AtomicI64, v: i64) {
+        gauge.store(gauge.load(Relaxed) + v, Relaxed);
+    }
+}
+
+impl Default for ThreadCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,947 @@
+//! Thread-local heaps: the allocation fast path and everything that keeps it fast.
+//!
+//! # Fast path
+//! Each heap has one **bin** per size class: an intrusive LIFO list of free blocks with a count and
+//! a limit. `alloc` pops from the bin of the request's class; `dealloc` pushes onto it. The class
+//! comes from the `Layout`, which `dealloc` receives too, so a free needs no lookup at all. Neither
+//! touches a lock or an atomic read-modify-write: about 10 instructions each plus the statistics
+//! (`counters`), which add a compare against a precomputed mark.
+//!
+//! # Slow paths (`#[cold]`)
+//! - **Refill** (bin empty): take up to half a bin of blocks from the first page in the class's
+//!   queue, carving fresh blocks lazily; get a page from one of the heap's segments, or a new
+//!   segment, when the queue is empty.
+//! - **Flush** (bin full): the older half of the bin goes back to the pages it came from. A block of
+//!   a page of this heap is put back directly; a block of another heap's page goes to that heap.
+//!
+//! # Cross-thread frees
+//! A block may be freed on any thread; it lands in that thread's bin and may be reused there. When a
+//! bin flushes blocks whose segment belongs to another heap `H`, consecutive blocks for `H` are
+//! linked into a chain and pushed onto `H.remote` with one compare-and-swap (a Treiber push; the
+//! only consumer takes the whole list with one `swap`, so there is no ABA). `H`'s owner drains
+//! `remote` on its next refill and puts each block back into its page. A block is counted as used by
+//! its page until the owner drains it, so the segment of a block in flight is never released.
+//!
+//! # Thread lifecycle
+//! A thread's first allocation finds the static `EMPTY` heap (every bin empty, limit 0), falls into
+//! the slow path, and adopts a heap: a heap left by an exited thread if there is one, else a new one
+//! carved from memory mapped for metadata. A `pthread` key destructor flushes and purges the heap at
+//! thread exit, folds its counters into the process totals and leaves it on the orphan list, still
+//! reachable by remote frees, for the next new thread. Thread churn therefore reuses heaps instead
+//! of leaking them. After the destructor ran, the thread's heap is the static `DEAD` heap, and
+//! allocation goes through a shared fallback heap under a lock.
+//!
+//! # Returning memory
+//! Emptied pages and free medium blocks are counted as dirty; after `PURGE_DELAY_MS`, or once more
+//! than `PURGE_BOUND` bytes are dirty, the next slow path walks the heap's segments, releases empty
+//! pages and segments, and purges the OS pages inside free medium blocks.
+
+use crate::counters::{Counter, ThreadCounters};
+use crate::large::{self, LargeCache};
+use crate::os;
+use crate::segment::{self, Block, Page, Segment, MEDIUM_PAGE_SHIFT, NO_CLASS, SMALL_PAGE_SHIFT};
+use crate::size_class::{self, CLASSES};
+use crate::sync::SpinLock;
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// Dirty bytes a heap may hold before it purges regardless of their age.
+const PURGE_BOUND: usize = 64 << 20;
+/// How long emptied memory is kept for reuse before it is purged.
+const PURGE_DELAY_MS: u64 = 200;
+
+/// A free list of one class for the owning thread.
+///
+/// Invariants: `count` blocks are linked from `head`; `count <= limit`; each block is of the bin's
+/// class and counted as used by its page. `allocs`/`frees` count blocks handed out/taken back.
+pub struct Bin {
+    head: Cell<*mut Block>,
+    count: Cell<u32>,
+    limit: Cell<u32>,
+    pub allocs: Counter,
+    pub frees: Counter,
+}
+
+impl Bin {
+    const fn new() -> Self {
+        Bin {
+            head: Cell::new(ptr::null_mut()),
+            count: Cell::new(0),
+            limit: Cell::new(0),
+            allocs: Counter::new(),
+            frees: Counter::new(),
+        }
+    }
+}
+
+const STATE_EMPTY: u8 = 0;
+const STATE_DEAD: u8 = 1;
+const STATE_LIVE: u8 = 2;
+
+/// A thread's heap. Only the owning thread (or the holder of the fallback lock, for the fallback
+/// heap) touches its `Cell`s; other threads touch only `remote` and read the counters.
+#[repr(C)]
+pub struct Heap {
+    pub bins: [Bin; CLASSES],
+    pub counters: ThreadCounters,
+    /// First page of each class's queue of pages that may have free blocks (doubly linked).
+    queues: [Cell<*mut Page>; CLASSES],
+    /// The heap's segments of each kind (small, medium); those with free pages come first.
+    segments: [Cell<*mut Segment>; 2],
+    large: LargeCache,
+    dirty_bytes: Cell<usize>,
+    purge_deadline: Cell<u64>,
+    state: Cell<u8>,
+    /// Next heap in the registry's list of all heaps (set once, under the registry lock).
+    next_all: Cell<*mut Heap>,
+    /// Next heap in the orphan list (under the registry lock).
+    next_orphan: Cell<*mut Heap>,
+    /// Blocks of this heap freed by other threads (see the module docs).
+    remote: CachePadded<AtomicPtr<Block>>,
+}
+
+// SAFETY: see the struct docs: Cells are owner-only, shared fields are atomics.
+unsafe impl Sync for Heap {}
+
+impl Heap {
+    const fn new(state: u8) -> Self {
+        Heap {
+            bins: [const { Bin::new() }; CLASSES],
+            counters: ThreadCounters::new(),
+            queues: [const { Cell::new(ptr::null_mut()) }; CLASSES],
+            segments: [const { Cell::new(ptr::null_mut()) }; 2],
+            large: LargeCache::new(),
+            dirty_bytes: Cell::new(0),
+            purge_deadline: Cell::new(0),
+            state: Cell::new(state),
+            next_all: Cell::new(ptr::null_mut()),
+            next_orphan: Cell::new(ptr::null_mut()),
+            remote: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
+        }
+    }
+
+    fn set_limits(&self) {
+        for (c, bin) in self.bins.iter().enumerate() {
+            let limit = (64 * 1024 / size_class::block_size(c)).clamp(2, 512);
+            bin.limit.set(limit as u32);
+        }
+    }
+
+    pub fn next_all(&self) -> *mut Heap {
+        self.next_all.get()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.state.get() == STATE_LIVE
+    }
+
+    pub fn large_cache_bytes(&self) -> usize {
+        self.large.bytes()
+    }
+}
+
+/// The heap of threads that have not allocated yet. Never written: its bins have limit 0.
+static EMPTY: Heap = Heap::new(STATE_EMPTY);
+/// The heap of threads whose heap was already torn down at exit. Never written.
+static DEAD: Heap = Heap::new(STATE_DEAD);
+
+thread_local! {
+    static CURRENT: Cell<*const Heap> = const { Cell::new(&EMPTY as *const Heap) };
+}
+
+#[inline(always)]
+fn current() -> &'static Heap {
+    // SAFETY: CURRENT always holds EMPTY, DEAD, or a heap that lives forever (heaps are never freed).
+    CURRENT.with(|c| unsafe { &*c.get() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points (called by `global`).
+
+/// Allocates `size` bytes aligned to `align`; null on failure.
+#[inline(always)]
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    match size_class::class_of(size, align) {
+        Some(class) => alloc_small(current(), class, size),
+        None => alloc_large(size, align, false),
+    }
+}
+
+/// Allocates zeroed memory.
+#[inline]
+pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    match size_class::class_of(size, align) {
+        Some(class) => {
+            let p = alloc_small(current(), class, size);
+            if !p.is_null() {
+                // SAFETY: `p` is a fresh block of at least `size` bytes.
+                unsafe { ptr::write_bytes(p, 0, size) };
+            }
+            p
+        }
+        None => alloc_large(size, align, true),
+    }
+}
+
+/// Frees a block.
+///
+/// # Safety
+/// `p` was returned by `alloc`/`alloc_zeroed`/`realloc` with this `size` and `align`, and is not used
+/// again.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8, size: usize, align: usize) {
+    match size_class::class_of(size, align) {
+        // SAFETY: forwarded caller promise.
+        Some(class) => unsafe { free_small(current(), p.cast(), class, size) },
+        // SAFETY: forwarded caller promise.
+        None => unsafe { free_large(p, size) },
+    }
+}
+
+/// Resizes a block; null (old block untouched) on failure.
+///
+/// # Safety
+/// As for `free`, and `new_size` is non-zero and does not overflow `isize` when rounded to `align`.
+pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut u8 {
+    let old_class = size_class::class_of(old, align);
+    let new_class = size_class::class_of(new, align);
+    let heap = current();
+    if heap.is_live() {
+        if old_class.is_some() && old_class == new_class {
+            return if heap.counters.realloc(old, new) {
+                p
+            } else {
+                ptr::null_mut()
+            };
+        }
+        if old_class.is_none() && new_class.is_none() {
+            if !heap.counters.realloc(old, new) {
+                return ptr::null_mut();
+            }
+            // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
+            let q = unsafe { large::realloc(&heap.large, p, old, new, align) };
+            if q.is_null() {
+                heap.counters.realloc(new, old);
+                heap.counters.reallocs.add(u64::MAX); // the undo is not a realloc
+            } else {
+                let (old_len, new_len) = (large::mapped_len(old), large::mapped_len(new));
+                if let (Some(o), Some(n)) = (old_len, new_len) {
+                    ThreadCounters::bump(&heap.counters.large_active, n as i64 - o as i64);
+                }
+                ThreadCounters::bump(&heap.counters.large_live, new as i64 - old as i64);
+            }
+            return q;
+        }
+    }
+    // Move: a fresh block, a copy, and a free, counted as one realloc.
+    let q = alloc(new, align);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live and distinct; each holds at least min(old, new) bytes.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(new));
+        free(p, old, align);
+    }
+    let heap = current();
+    if heap.is_live() && cfg!(feature = "stats") {
+        let c = &heap.counters;
+        c.reallocs.add(1);
+        c.realloc_allocs.add(1);
+        c.realloc_frees.add(1);
+    }
+    q
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small blocks.
+
+#[inline(always)]
+fn alloc_small(heap: &Heap, class: usize, size: usize) -> *mut u8 {
+    let bin = &heap.bins[class];
+    let b = bin.head.get();
+    if b.is_null() || !heap.counters.try_alloc_fast(size) {
+        return alloc_small_slow(heap, class, size);
+    }
+    // SAFETY: `b` heads the bin, so it is a free block holding the link to the next one.
+    bin.head.set(unsafe { (*b).next });
+    bin.count.set(bin.count.get() - 1);
+    if cfg!(feature = "stats") {
+        bin.allocs.add(1);
+    }
+    b.cast()
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
+    if !heap.is_live() {
+        return match thread_heap(heap) {
+            Some(h) => alloc_small(h, class, size),
+            None => with_fallback(|h| alloc_small(h, class, size)),
+        };
+    }
+    if !heap.counters.alloc_slow(size) {
+        return ptr::null_mut(); // over the memory limit
+    }
+    let bin = &heap.bins[class];
+    if bin.head.get().is_null() && !refill(heap, class) {
+        heap.counters.undo_alloc(size);
+        return ptr::null_mut();
+    }
+    let b = bin.head.get();
+    // SAFETY: the bin is non-empty after a successful refill.
+    bin.head.set(unsafe { (*b).next });
+    bin.count.set(bin.count.get() - 1);
+    if cfg!(feature = "stats") {
+        bin.allocs.add(1);
+    }
+    b.cast()
+}
+
+/// # Safety
+/// `b` is a live block of `class`, freed by the caller.
+#[inline(always)]
+unsafe fn free_small(heap: &Heap, b: *mut Block, class: usize, size: usize) {
+    let bin = &heap.bins[class];
+    let count = bin.count.get();
+    if count >= bin.limit.get() || !heap.counters.try_free_fast(size) {
+        // SAFETY: forwarded caller promise.
+        return unsafe { free_small_slow(heap, b, class, size) };
+    }
+    // SAFETY: the block is ours to reuse; its first word becomes the bin link.
+    unsafe { (*b).next = bin.head.get() };
+    bin.head.set(b);
+    bin.count.set(count + 1);
+    if cfg!(feature = "stats") {
+        bin.frees.add(1);
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize) {
+    if !heap.is_live() {
+        match thread_heap(heap) {
+            // SAFETY: forwarded caller promise.
+            Some(h) => unsafe { free_small(h, b, class, size) },
+            // SAFETY: forwarded caller promise.
+            None => with_fallback(|h| unsafe { free_small(h, b, class, size) }),
+        }
+        return;
+    }
+    heap.counters.free_slow(size);
+    let bin = &heap.bins[class];
+    if bin.count.get() >= bin.limit.get() {
+        flush(heap, class, bin.limit.get() / 2);
+    }
+    // SAFETY: as in `free_small`.
+    unsafe { (*b).next = bin.head.get() };
+    bin.head.set(b);
+    bin.count.set(bin.count.get() + 1);
+    if cfg!(feature = "stats") {
+        bin.frees.add(1);
+    }
+    maybe_purge(heap);
+}
+
+/// Fills the bin of `class` with up to half its limit. False if no memory could be had.
+fn refill(heap: &Heap, class: usize) -> bool {
+    drain_remote(heap);
+    maybe_purge(heap);
+    let bin = &heap.bins[class];
+    let want = bin.limit.get().div_ceil(2);
+    loop {
+        let mut page = heap.queues[class].get();
+        if page.is_null() {
+            match new_page(heap, class) {
+                Some(p) => page = p,
+                None => return false,
+            }
+        }
+        // SAFETY: pages in our queues are in use and owned by this heap.
+        let page = unsafe { &mut *page };
+        // SAFETY: as above.
+        let (head, tail, n) = unsafe { page.take(want) };
+        if !page.has_free() {
+            queue_remove(heap, page);
+        }
+        if n > 0 {
+            // SAFETY: `tail` ends the chain just taken.
+            unsafe { (*tail).next = bin.head.get() };
+            bin.head.set(head);
+            bin.count.set(bin.count.get() + n);
+            return true;
+        }
+    }
+}
+
+/// Sends the oldest blocks of a bin, keeping `keep`, back to their pages or owners.
+fn flush(heap: &Heap, class: usize, keep: u32) {
+    let bin = &heap.bins[class];
+    let mut rest = bin.head.get();
+    if keep > 0 {
+        let mut last = rest;
+        for _ in 1..keep {
+            // SAFETY: the bin holds `count > keep` linked blocks.
+            last = unsafe { (*last).next };
+        }
+        // SAFETY: `last` is the keep-th block of the bin.
+        unsafe {
+            rest = (*last).next;
+            (*last).next = ptr::null_mut();
+        }
+    } else {
+        bin.head.set(ptr::null_mut());
+    }
+    bin.count.set(keep.min(bin.count.get()));
+    // SAFETY: `rest` is a chain of blocks the bin no longer holds.
+    unsafe { give_back(heap, rest) };
+}
+
+/// Returns a chain of blocks to their pages: ours directly, others' through their remote lists.
+///
+/// # Safety
+/// The chain's blocks are unused and counted as used by their pages.
+unsafe fn give_back(heap: &Heap, mut b: *mut Block) {
+    let me = heap as *const Heap as *mut Heap;
+    // A chain of consecutive blocks for one other heap, pushed with one CAS.
+    let mut chain: (*mut Heap, *mut Block, *mut Block) =
+        (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    while !b.is_null() {
+        // SAFETY: `b` is a block of the chain; its link is valid.
+        let next = unsafe { (*b).next };
+        let seg = segment::segment_of(b.cast());
+        // SAFETY: the block is live from its page's view, so its segment is live and `heap` stable.
+        let owner = unsafe { (*seg).heap };
+        if owner == me {
+            // SAFETY: the block is of one of our pages.
+            unsafe { put_local(heap, b) };
+        } else {
+            if owner != chain.0 {
+                push_remote(chain);
+                chain = (owner, b, b);
+                // SAFETY: `b` starts a new chain.
+                unsafe { (*b).next = ptr::null_mut() };
+            } else {
+                // SAFETY: prepend `b` to the chain being built.
+                unsafe { (*b).next = chain.1 };
+                chain.1 = b;
+            }
+        }
+        b = next;
+    }
+    push_remote(chain);
+}
+
+/// Pushes a chain `(owner, head, tail)` onto `owner`'s remote list.
+fn push_remote((owner, head, tail): (*mut Heap, *mut Block, *mut Block)) {
+    if owner.is_null() {
+        return;
+    }
+    // SAFETY: heaps are never freed, so `owner` is valid.
+    let remote = unsafe { &(*owner).remote };
+    let mut old = remote.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the chain is ours until the CAS publishes it.
+        unsafe { (*tail).next = old };
+        match remote.compare_exchange_weak(old, head, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(cur) => old = cur,
+        }
+    }
+}
+
+/// Puts back blocks other threads freed into our pages.
+fn drain_remote(heap: &Heap) {
+    if heap.remote.load(Ordering::Relaxed).is_null() {
+        return;
+    }
+    let mut b = heap.remote.swap(ptr::null_mut(), Ordering::Acquire);
+    while !b.is_null() {
+        // SAFETY: the Acquire swap makes the pushers' links visible; every block is of our pages.
+        unsafe {
+            let next = (*b).next;
+            put_local(heap, b);
+            b = next;
+        }
+    }
+}
+
+/// # Safety
+/// `b` is an unused block of one of this heap's pages.
+unsafe fn put_local(heap: &Heap, b: *mut Block) {
+    // SAFETY: caller promise; the page is in use.
+    let page = unsafe { &mut *segment::page_of(b.cast()) };
+    // SAFETY: caller promise.
+    let empty = unsafe { page.put(b) };
+    if !page.in_queue {
+        queue_push(heap, page);
+    }
+    let dirty = if page.is_medium() {
+        page.block_size as usize
+    } else if empty {
+        1 << SMALL_PAGE_SHIFT
+    } else {
+        0
+    };
+    if dirty > 0 {
+        add_dirty(heap, dirty);
+    }
+}
+
+fn add_dirty(heap: &Heap, bytes: usize) {
+    if heap.dirty_bytes.get() == 0 {
+        heap.purge_deadline.set(os::now_ms() + PURGE_DELAY_MS);
+    }
+    heap.dirty_bytes.set(heap.dirty_bytes.get() + bytes);
+}
+
+fn queue_push(heap: &Heap, page: &mut Page) {
+    let q = &heap.queues[page.class as usize];
+    let first = q.get();
+    page.prev = ptr::null_mut();
+    page.next = first;
+    if !first.is_null() {
+        // SAFETY: queue members are valid pages of this heap.
+        unsafe { (*first).prev = page };
+    }
+    q.set(page);
+    page.in_queue = true;
+}
+
+fn queue_remove(heap: &Heap, page: &mut Page) {
+    if !page.in_queue {
+        return;
+    }
+    // SAFETY: queue neighbours are valid pages of this heap.
+    unsafe {
+        if page.prev.is_null() {
+            heap.queues[page.class as usize].set(page.next);
+        } else {
+            (*page.prev).next = page.next;
+        }
+        if !page.next.is_null() {
+            (*page.next).prev = page.prev;
+        }
+    }
+    page.next = ptr::null_mut();
+    page.prev = ptr::null_mut();
+    page.in_queue = false;
+}
+
+/// A fresh page for `class` from the heap's segments or a new segment.
+fn new_page(heap: &Heap, class: usize) -> Option<*mut Page> {
+    let kind = size_class::is_medium(class) as usize;
+    let list = &heap.segments[kind];
+    let mut seg = list.get();
+    // SAFETY: list members are live segments of this heap.
+    if seg.is_null() || unsafe { (*seg).free_pages } == 0 {
+        let shift = if kind == 1 {
+            MEDIUM_PAGE_SHIFT
+        } else {
+            SMALL_PAGE_SHIFT
+        };
+        seg = segment::acquire(heap as *const Heap as *mut Heap, shift)?.as_ptr();
+        seg_push_front(heap, kind, seg);
+    }
+    // SAFETY: `seg` is ours, of the right kind, and has a free page.
+    let seg_ref = unsafe { &mut *seg };
+    // SAFETY: as above.
+    let page = unsafe { seg_ref.take_page(class)? };
+    if seg_ref.free_pages == 0 {
+        // Full segments go to the back so that the front one always has a free page if any has.
+        seg_unlink(heap, kind, seg);
+        seg_push_back(heap, kind, seg);
+    }
+    // SAFETY: the page was just initialised.
+    queue_push(heap, unsafe { &mut *page });
+    Some(page)
+}
+
+fn seg_push_front(heap: &Heap, kind: usize, seg: *mut Segment) {
+    let list = &heap.segments[kind];
+    // SAFETY: `seg` and list members are live segments of this heap.
+    unsafe {
+        (*seg).prev = ptr::null_mut();
+        (*seg).next = list.get();
+        if !list.get().is_null() {
+            (*list.get()).prev = seg;
+        }
+    }
+    list.set(seg);
+}
+
+fn seg_push_back(heap: &Heap, kind: usize, seg: *mut Segment) {
+    let list = &heap.segments[kind];
+    let mut last = list.get();
+    if last.is_null() {
+        return seg_push_front(heap, kind, seg);
+    }
+    // SAFETY: list members are live segments of this heap. (Walks the list: only when a segment
+    // fills up, once per 63 or 7 pages.)
+    unsafe {
+        while !(*last).next.is_null() {
+            last = (*last).next;
+        }
+        (*last).next = seg;
+        (*seg).prev = last;
+        (*seg).next = ptr::null_mut();
+    }
+}
+
+fn seg_unlink(heap: &Heap, kind: usize, seg: *mut Segment) {
+    // SAFETY: `seg` is a member of the list; its neighbours are too.
+    unsafe {
+        if (*seg).prev.is_null() {
+            heap.segments[kind].set((*seg).next);
+        } else {
+            (*(*seg).prev).next = (*seg).next;
+        }
+        if !(*seg).next.is_null() {
+            (*(*seg).next).prev = (*seg).prev;
+        }
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Purging.
+
+#[inline]
+fn maybe_purge(heap: &Heap) {
+    let dirty = heap.dirty_bytes.get();
+    if dirty > 0 && (dirty > PURGE_BOUND || os::now_ms() >= heap.purge_deadline.get()) {
+        purge(heap);
+    }
+}
+
+/// Releases empty pages and segments and purges free medium blocks and cached large mappings.
+pub fn purge(heap: &Heap) {
+    for kind in 0..2 {
+        let mut seg = heap.segments[kind].get();
+        while !seg.is_null() {
+            // SAFETY: list members are live segments of this heap.
+            let s = unsafe { &mut *seg };
+            let next = s.next;
+            let had_free = s.free_pages != 0;
+            for idx in 1..s.page_count as usize {
+                let page: *mut Page = &mut s.pages[idx];
+                // SAFETY: `page` is a page record of this segment.
+                let p = unsafe { &mut *page };
+                if p.class == NO_CLASS {
+                    continue;
+                }
+                if p.used == 0 {
+                    queue_remove(heap, p);
+                    s.release_page(page);
+                } else if p.is_medium() {
+                    p.purge_free_blocks();
+                }
+            }
+            s.purge_pages();
+            if s.free_pages == s.all_pages_mask() {
+                seg_unlink(heap, kind, seg);
+                // SAFETY: no page of the segment is in use and it is unlinked.
+                unsafe { segment::release(seg) };
+            } else if !had_free && s.free_pages != 0 {
+                seg_unlink(heap, kind, seg);
+                seg_push_front(heap, kind, seg);
+            }
+            seg = next;
+        }
+    }
+    heap.large.clear();
+    heap.dirty_bytes.set(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large blocks.
+
+#[cold]
+#[inline(never)]
+fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let heap = current();
+    if !heap.is_live() {
+        return match thread_heap(heap) {
+            Some(_) => alloc_large(size, align, zero),
+            None => with_fallback(|_| alloc_large_in(&fallback_heap_ref(), size, align, zero)),
+        };
+    }
+    alloc_large_in(heap, size, align, zero)
+}
+
+fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    if !heap.counters.alloc_slow(size) {
+        return ptr::null_mut();
+    }
+    let p = large::alloc(&heap.large, size, align, zero);
+    if p.is_null() {
+        heap.counters.undo_alloc(size);
+        return p;
+    }
+    if cfg!(feature = "stats") {
+        let c = &heap.counters;
+        c.large_allocs.add(1);
+        ThreadCounters::bump(&c.large_live, size as i64);
+        ThreadCounters::bump(&c.large_active, large::mapped_len(size).unwrap_or(0) as i64);
+    }
+    p
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_large(p: *mut u8, size: usize) {
+    let heap = current();
+    if !heap.is_live() {
+        match thread_heap(heap) {
+            // SAFETY: forwarded caller promise.
+            Some(_) => unsafe { free_large(p, size) },
+            // SAFETY: forwarded caller promise.
+            None => with_fallback(|_| unsafe { free_large_in(&fallback_heap_ref(), p, size) }),
+        }
+        return;
+    }
+    // SAFETY: forwarded caller promise.
+    unsafe { free_large_in(heap, p, size) }
+}
+
+unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
+    heap.counters.free_slow(size);
+    if cfg!(feature = "stats") {
+        let c = &heap.counters;
+        c.large_frees.add(1);
+        ThreadCounters::bump(&c.large_live, -(size as i64));
+        ThreadCounters::bump(
+            &c.large_active,
+            -(large::mapped_len(size).unwrap_or(0) as i64),
+        );
+    }
+    // SAFETY: forwarded caller promise.
+    unsafe { large::free(&heap.large, p, size) };
+    add_dirty(heap, 0);
+    maybe_purge(heap);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread lifecycle and the registry of heaps.
+
+struct Registry {
+    all: *mut Heap,
+    orphans: *mut Heap,
+    live: usize,
+    arena: usize,
+    arena_end: usize,
+}
+
+// SAFETY: only addresses of heaps (which live forever) are stored; access is under the lock.
+unsafe impl Send for Registry {}
+
+static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
+    all: ptr::null_mut(),
+    orphans: ptr::null_mut(),
+    live: 0,
+    arena: 0,
+    arena_end: 0,
+});
+
+/// The heap for threads past their exit destructor, used under its lock.
+static FALLBACK: SpinLock<()> = SpinLock::new(());
+
+const KEY_UNSET: u8 = 0;
+const KEY_BUSY: u8 = 1;
+const KEY_SET: u8 = 2;
+const KEY_FAILED: u8 = 3;
+static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_UNSET);
+static mut KEY: libc::pthread_key_t = 0;
+
+/// Calls `f` for every heap ever created, under the registry lock; returns the number of live
+/// threads. Readers see each heap's counters; exit folding happens under the same lock.
+pub fn for_each_heap(mut f: impl FnMut(&Heap)) -> usize {
+    let reg = REGISTRY.lock();
+    let mut h = reg.all;
+    while !h.is_null() {
+        // SAFETY: registered heaps live forever.
+        let heap = unsafe { &*h };
+        f(heap);
+        h = heap.next_all();
+    }
+    reg.live
+}
+
+/// The calling thread's heap, if it has one (for per-thread statistics).
+pub fn current_live() -> Option<&'static Heap> {
+    let heap = current();
+    if heap.is_live() {
+        return Some(heap);
+    }
+    thread_heap(heap)
+}
+
+/// Purges the calling thread's heap now (see `perfalloc::trim`).
+pub fn trim_current() {
+    if let Some(heap) = current_live() {
+        drain_remote(heap);
+        for class in 0..CLASSES {
+            flush(heap, class, 0);
+        }
+        drain_remote(heap);
+        purge(heap);
+    }
+}
+
+/// Gives the calling thread a live heap if it can have one: adopts or creates one for a thread
+/// that has none yet. `None` for a thread past its exit destructor, or if no memory is left.
+#[cold]
+fn thread_heap(current: &Heap) -> Option<&'static Heap> {
+    if current.state.get() == STATE_DEAD || !ensure_key() {
+        return None;
+    }
+    let heap = adopt_heap()?;
+    CURRENT.with(|c| c.set(heap));
+    // SAFETY: KEY was created (ensure_key); the value is only read back by our destructor.
+    unsafe { libc::pthread_setspecific(KEY, heap.cast()) };
+    // SAFETY: adopted heaps live forever.
+    Some(unsafe { &*heap })
+}
+
+fn adopt_heap() -> Option<*mut Heap> {
+    let mut reg = REGISTRY.lock();
+    let heap = if !reg.orphans.is_null() {
+        let h = reg.orphans;
+        // SAFETY: orphans are registered heaps, which live forever.
+        reg.orphans = unsafe { (*h).next_orphan.get() };
+        h
+    } else {
+        let size = core::mem::size_of::<Heap>().next_multiple_of(128);
+        if reg.arena + size > reg.arena_end {
+            let chunk = 256 * 1024;
+            let p = os::map_aligned(chunk, os::PAGE_SIZE)?.as_ptr() as usize;
+            reg.arena = p;
+            reg.arena_end = p + chunk;
+        }
+        let h = reg.arena as *mut Heap;
+        reg.arena += size;
+        // SAFETY: `h` is fresh, suitably aligned (128) metadata memory of at least `size` bytes.
+        unsafe {
+            h.write(Heap::new(STATE_LIVE));
+            (*h).next_all.set(reg.all);
+        }
+        reg.all = h;
+        h
+    };
+    reg.live += 1;
+    // SAFETY: the heap is now owned by the calling thread alone.
+    unsafe {
+        (*heap).state.set(STATE_LIVE);
+        (*heap).next_orphan.set(ptr::null_mut());
+        (*heap).set_limits();
+    }
+    Some(heap)
+}
+
+/// Runs at thread exit (pthread key destructor): hands the heap back for reuse.
+unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    let heap_ptr = value as *mut Heap;
+    // SAFETY: the value is the heap this thread adopted in `thread_heap`.
+    let heap = unsafe { &*heap_ptr };
+    trim_current();
+    CURRENT.with(|c| c.set(&DEAD));
+    heap.state.set(STATE_DEAD);
+    let mut reg = REGISTRY.lock();
+    let class_allocs: [&Counter; CLASSES] = core::array::from_fn(|c| &heap.bins[c].allocs);
+    let class_frees: [&Counter; CLASSES] = core::array::from_fn(|c| &heap.bins[c].frees);
+    fold(heap, &class_allocs, &class_frees);
+    heap.next_orphan.set(reg.orphans);
+    reg.orphans = heap_ptr;
+    reg.live -= 1;
+}
+
+fn fold(heap: &Heap, allocs: &[&Counter; CLASSES], frees: &[&Counter; CLASSES]) {
+    use crate::counters::EXITED;
+    use core::sync::atomic::Ordering::Relaxed;
+    for c in 0..CLASSES {
+        EXITED.class_allocs[c].fetch_add(allocs[c].get(), Relaxed);
+        EXITED.class_frees[c].fetch_add(frees[c].get(), Relaxed);
+        allocs[c].set(0);
+        frees[c].set(0);
+    }
+    heap.counters.fold_into_exited(&[], &[]);
+}
+
+fn ensure_key() -> bool {
+    loop {
+        match KEY_STATE.load(Ordering::Acquire) {
+            KEY_SET => return true,
+            KEY_FAILED => return false,
+            KEY_UNSET => {
+                if KEY_STATE
+                    .compare_exchange(KEY_UNSET, KEY_BUSY, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // SAFETY: runs once (guarded by KEY_STATE); KEY is written before KEY_SET is
+                    // published with Release and read only after an Acquire load sees it.
+                    let ok = unsafe {
+                        let ok =
+                            libc::pthread_key_create(ptr::addr_of_mut!(KEY), Some(on_thread_exit))
+                                == 0;
+                        libc::pthread_atfork(
+                            Some(fork_prepare),
+                            Some(fork_parent),
+                            Some(fork_child),
+                        );
+                        ok
+                    };
+                    KEY_STATE.store(if ok { KEY_SET } else { KEY_FAILED }, Ordering::Release);
+                }
+            }
+            _ => core::hint::spin_loop(),
+        }
+    }
+}
+
+fn fallback_heap_ref() -> &'static Heap {
+    // SAFETY: only called inside `with_fallback`, which set the fallback heap up.
+    unsafe { &*FALLBACK_PTR.load(Ordering::Relaxed) }
+}
+
+static FALLBACK_PTR: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+
+/// Runs `f` on the shared fallback heap under its lock; null-like default if none can be made.
+fn with_fallback<R: Default>(f: impl FnOnce(&Heap) -> R) -> R {
+    let _guard = FALLBACK.lock();
+    if FALLBACK_PTR.load(Ordering::Relaxed).is_null() {
+        match adopt_heap() {
+            Some(h) => FALLBACK_PTR.store(h, Ordering::Relaxed),
+            None => return R::default(),
+        }
+    }
+    f(fallback_heap_ref())
+}
+
+extern "C" fn fork_prepare() {
+    FALLBACK.raw_lock();
+    REGISTRY.raw_lock();
+    segment::lock_for_fork();
+}
+
+extern "C" fn fork_parent() {
+    segment::unlock_after_fork();
+    // SAFETY: taken by `fork_prepare` on this thread.
+    unsafe {
+        REGISTRY.raw_unlock();
+        FALLBACK.raw_unlock();
+    }
+}
+
+extern "C" fn fork_child() {
+    fork_parent();
+}
+
+/// Dirty bytes waiting to be purged on the calling thread's heap (for tests).
+pub fn dirty_bytes() -> usize {
+    current_live().map_or(0, |h| h.dirty_bytes.get())
+}

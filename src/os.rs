@@ -1,0 +1,181 @@
+//! The platform layer: the only module that calls `mmap`, `munmap`, `madvise` and `mremap`.
+//!
+//! Every function states what it needs and what it guarantees, so that policy code above it never has
+//! to know which system call does the work. None of them allocate or panic; failures come back as
+//! `None`/`false` and the caller turns them into a null return.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The OS page size we assume for purging and rounding. Checked against `sysconf` in tests.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Bytes currently mapped through this module (all of perfalloc's memory from the OS).
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes currently mapped through this module.
+pub fn mapped_bytes() -> usize {
+    MAPPED.load(Ordering::Relaxed)
+}
+
+/// Maps `size` bytes of zeroed, readable and writable memory aligned to `align`.
+///
+/// Requires: `size` is a non-zero multiple of `PAGE_SIZE`; `align` is a power of two.
+/// Ensures: on `Some(p)`, `[p, p + size)` is mapped, zero, and `p % align == 0`; the region is
+/// released only by [`unmap`] with the same `size`. On `None` nothing is mapped.
+pub fn map_aligned(size: usize, align: usize) -> Option<NonNull<u8>> {
+    debug_assert!(size % PAGE_SIZE == 0 && size > 0 && align.is_power_of_two());
+    if align <= PAGE_SIZE {
+        return map_raw(size);
+    }
+    // Try the exact size first: the kernel often hands out aligned addresses after an earlier
+    // aligned segment, which saves two munmaps.
+    let p = map_raw(size)?;
+    if p.as_ptr() as usize % align == 0 {
+        return Some(p);
+    }
+    unmap(p, size);
+    // Over-map by `align` and trim both ends.
+    let over = size.checked_add(align - PAGE_SIZE)?;
+    let raw = map_raw(over)?.as_ptr() as usize;
+    let start = (raw + align - 1) & !(align - 1);
+    let head = start - raw;
+    let tail = over - head - size;
+    if head > 0 {
+        // SAFETY: `[raw, raw + head)` lies inside the mapping made just above.
+        unmap(unsafe { NonNull::new_unchecked(raw as *mut u8) }, head);
+    }
+    if tail > 0 {
+        // SAFETY: `[start + size, start + size + tail)` lies inside the same mapping.
+        unmap(
+            unsafe { NonNull::new_unchecked((start + size) as *mut u8) },
+            tail,
+        );
+    }
+    NonNull::new(start as *mut u8)
+}
+
+fn map_raw(size: usize) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping with a null hint has no preconditions beyond valid flags.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    MAPPED.fetch_add(size, Ordering::Relaxed);
+    NonNull::new(p.cast())
+}
+
+/// Unmaps `[p, p + size)`.
+///
+/// Requires: the range was returned by (or lies inside a region returned by) [`map_aligned`] and
+/// nothing uses it any more; `size` is a multiple of `PAGE_SIZE`.
+pub fn unmap(p: NonNull<u8>, size: usize) {
+    // SAFETY: the caller promises the range is ours and unused; munmap of such a range cannot
+    // affect any other Rust object.
+    let rc = unsafe { libc::munmap(p.as_ptr().cast(), size) };
+    if rc == 0 {
+        MAPPED.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+/// Gives the physical memory behind `[p, p + size)` back to the OS; the range stays mapped and
+/// reads as zero afterwards.
+///
+/// Requires: `p` and `size` are multiples of `PAGE_SIZE`, the range is mapped by this module and
+/// holds no data anybody still needs. `MADV_DONTNEED` (not `MADV_FREE`) so the resident set falls
+/// at once, which is what users watching RSS expect.
+pub fn purge(p: *mut u8, size: usize) {
+    debug_assert!(p as usize % PAGE_SIZE == 0 && size % PAGE_SIZE == 0);
+    if size == 0 {
+        return;
+    }
+    // SAFETY: the caller promises the range is ours and unused; DONTNEED only drops its contents.
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
+}
+
+/// Purges the whole OS pages strictly inside `[start, end)`; partial pages at either end stay.
+pub fn purge_inside(start: usize, end: usize) {
+    let lo = (start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    let hi = end & !(PAGE_SIZE - 1);
+    if hi > lo {
+        purge(lo as *mut u8, hi - lo);
+    }
+}
+
+/// Resizes a page-aligned mapping, moving it if needed, without copying its pages.
+///
+/// Requires: `[p, p + old)` was mapped by this module with alignment at most `PAGE_SIZE` being
+/// relied on; both sizes are multiples of `PAGE_SIZE`. Ensures: on `Some(q)`, `[q, q + new)` holds
+/// the old contents (then zeros) and the old range must no longer be used; on `None` nothing changed.
+pub fn remap(p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+    // SAFETY: the caller promises the mapping is ours; MREMAP_MAYMOVE keeps the contents.
+    let q = unsafe { libc::mremap(p.as_ptr().cast(), old, new, libc::MREMAP_MAYMOVE) };
+    if q == libc::MAP_FAILED {
+        return None;
+    }
+    if new >= old {
+        MAPPED.fetch_add(new - old, Ordering::Relaxed);
+    } else {
+        MAPPED.fetch_sub(old - new, Ordering::Relaxed);
+    }
+    NonNull::new(q.cast())
+}
+
+/// Milliseconds on a monotonic clock (coarse: a vDSO read, no syscall). Used only on slow paths.
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The process's resident set in bytes, from `/proc/self/statm`, read without allocating.
+pub fn resident_bytes() -> Option<u64> {
+    let mut buf = [0u8; 128];
+    // SAFETY: the path is a NUL-terminated literal; `buf` is a valid writable buffer of its length.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return None;
+    }
+    // statm: "size resident shared ...", in pages.
+    let mut fields = buf[..n as usize].split(|&b| b == b' ');
+    fields.next()?;
+    let resident = fields.next()?;
+    let mut pages: u64 = 0;
+    for &d in resident {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        pages = pages * 10 + (d - b'0') as u64;
+    }
+    Some(pages * PAGE_SIZE as u64)
+}
+
+/// A cheap per-thread identity, used only to tag heaps for debugging and tests.
+pub fn thread_id() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}

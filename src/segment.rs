@@ -1,0 +1,387 @@
+//! Segments and pages: how memory from the OS is cut up and how a pointer finds its metadata.
+//!
+//! A **segment** is a `SEGMENT_SIZE` (4 MiB) region aligned to its size, so the segment of any block
+//! is `addr & !(SEGMENT_SIZE - 1)`. Its first page holds the header (this struct); the others are
+//! **pages** of one size each: 63 small pages of 64 KiB, or 7 medium pages of 512 KiB. A page serves
+//! one size class at a time, and `(addr - segment) >> page_shift` finds its `Page` in O(1).
+//!
+//! Small pages keep returned blocks on an intrusive list (`free`) and carve fresh blocks lazily
+//! (`bump`), so untouched memory is never faulted in. Medium pages (blocks of 10-128 KiB, at most 64
+//! per page) keep a bitmap instead: no link word lives inside a free block, so the whole OS pages
+//! inside every free block can be handed back to the OS (`purge_free_blocks`) while neighbours are
+//! still live.
+//!
+//! Ownership: a segment belongs to one heap (`heap`), and only the thread that owns that heap
+//! touches its pages. Other threads read `heap` (to route a remote free) only while they hold a live
+//! block in the segment, which keeps the segment from being released or re-owned meanwhile.
+
+use crate::heap::Heap;
+use crate::os;
+use crate::size_class;
+use crate::sync::SpinLock;
+use core::ptr::{self, NonNull};
+
+pub const SEGMENT_SHIFT: usize = 22;
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+pub const SMALL_PAGE_SHIFT: u32 = 16;
+pub const MEDIUM_PAGE_SHIFT: u32 = 19;
+const MAX_PAGES: usize = SEGMENT_SIZE >> SMALL_PAGE_SHIFT;
+
+static_assertions::const_assert!(core::mem::size_of::<Segment>() <= 1 << SMALL_PAGE_SHIFT);
+static_assertions::const_assert!(MAX_PAGES <= 64);
+
+/// A free block's first word: the link of whichever list holds it (bin, page list or remote list).
+#[repr(C)]
+pub struct Block {
+    pub next: *mut Block,
+}
+
+/// One page's metadata, inside its segment's header.
+///
+/// Invariants, for a page in use (`class != NO_CLASS`):
+/// - small: `used + len(free) + (capacity - bump) == capacity`; `free` links only blocks of this page.
+/// - medium: `used + popcount(free_mask) == capacity`; `purged_mask ⊆ free_mask`; `free` is null.
+/// - `in_queue` is true iff the page is linked (`next`/`prev`) in its heap's queue for `class`,
+///   and a page with a free block is always in the queue.
+#[repr(C)]
+pub struct Page {
+    pub free: *mut Block,
+    pub used: u32,
+    pub bump: u32,
+    pub capacity: u32,
+    pub block_size: u32,
+    pub class: u8,
+    pub in_queue: bool,
+    pub free_mask: u64,
+    pub purged_mask: u64,
+    pub next: *mut Page,
+    pub prev: *mut Page,
+    pub start: *mut u8,
+}
+
+/// `Page::class` of a page that serves no class.
+pub const NO_CLASS: u8 = u8::MAX;
+
+impl Page {
+    /// Whether the page can hand out at least one block.
+    pub fn has_free(&self) -> bool {
+        !self.free.is_null() || self.bump < self.capacity || self.free_mask != 0
+    }
+
+    pub fn is_medium(&self) -> bool {
+        size_class::is_medium(self.class as usize)
+    }
+
+    /// Takes up to `max` blocks into a chain; returns (head, tail, count).
+    ///
+    /// # Safety
+    /// The page is in use and owned by the calling thread's heap.
+    pub unsafe fn take(&mut self, max: u32) -> (*mut Block, *mut Block, u32) {
+        let mut head: *mut Block = ptr::null_mut();
+        let mut tail: *mut Block = ptr::null_mut();
+        let mut n = 0;
+        let mut push = |b: *mut Block| {
+            // SAFETY: `b` is a free block of this page, at least 8 bytes and 8-aligned.
+            unsafe { (*b).next = ptr::null_mut() };
+            if tail.is_null() {
+                head = b;
+            } else {
+                // SAFETY: `tail` is the previous block of the chain being built.
+                unsafe { (*tail).next = b };
+            }
+            tail = b;
+        };
+        if self.is_medium() {
+            while n < max && self.free_mask != 0 {
+                let i = self.free_mask.trailing_zeros();
+                self.free_mask &= self.free_mask - 1;
+                self.purged_mask &= !(1u64 << i);
+                push(
+                    self.start
+                        .wrapping_add(i as usize * self.block_size as usize)
+                        .cast(),
+                );
+                n += 1;
+            }
+        } else {
+            while n < max && !self.free.is_null() {
+                let b = self.free;
+                // SAFETY: blocks on `free` are free blocks of this page holding a valid link.
+                self.free = unsafe { (*b).next };
+                push(b);
+                n += 1;
+            }
+            while n < max && self.bump < self.capacity {
+                push(
+                    self.start
+                        .wrapping_add(self.bump as usize * self.block_size as usize)
+                        .cast(),
+                );
+                self.bump += 1;
+                n += 1;
+            }
+        }
+        self.used += n;
+        (head, tail, n)
+    }
+
+    /// Returns one block to the page. Returns true if the page is now empty.
+    ///
+    /// # Safety
+    /// `b` is a block of this page that was handed out (counted in `used`) and is no longer used.
+    #[inline]
+    pub unsafe fn put(&mut self, b: *mut Block) -> bool {
+        debug_assert!(self.used > 0);
+        if self.is_medium() {
+            let i = (b as usize - self.start as usize) / self.block_size as usize;
+            debug_assert!(
+                self.free_mask & (1 << i) == 0,
+                "double free of a medium block"
+            );
+            self.free_mask |= 1u64 << i;
+        } else {
+            // SAFETY: the caller gives the block back; its first word becomes our link.
+            unsafe { (*b).next = self.free };
+            self.free = b;
+        }
+        self.used -= 1;
+        self.used == 0
+    }
+
+    /// Hands the whole OS pages inside free, not yet purged medium blocks back to the OS.
+    /// Adjacent free blocks are purged as one run, so the pages they share go too.
+    pub fn purge_free_blocks(&mut self) {
+        debug_assert!(self.is_medium());
+        let todo = self.free_mask & !self.purged_mask;
+        if todo == 0 {
+            return;
+        }
+        let bs = self.block_size as usize;
+        let mut mask = self.free_mask;
+        while mask != 0 {
+            let first = mask.trailing_zeros();
+            let run = (mask >> first).trailing_ones();
+            let bits = low_bits(run) << first;
+            if bits & todo != 0 {
+                let start = self.start as usize + first as usize * bs;
+                os::purge_inside(start, start + run as usize * bs);
+            }
+            mask &= !bits;
+        }
+        self.purged_mask = self.free_mask;
+    }
+}
+
+/// A segment header. Lives at the start of its own segment.
+///
+/// Invariants: `free_pages` has a bit for each page not serving a class (never bit 0, the header);
+/// `dirty_pages ⊆ free_pages` marks free pages whose memory may still be resident; `heap` is the
+/// owner and changes only while no block of the segment is live.
+#[repr(C)]
+pub struct Segment {
+    pub heap: *mut Heap,
+    pub page_shift: u32,
+    pub page_count: u32,
+    pub free_pages: u64,
+    pub dirty_pages: u64,
+    pub next: *mut Segment,
+    pub prev: *mut Segment,
+    pub pages: [Page; MAX_PAGES],
+}
+
+/// A mask of the `n <= 64` lowest bits.
+#[inline]
+pub fn low_bits(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The segment holding `p`.
+#[inline(always)]
+pub fn segment_of(p: *const u8) -> *mut Segment {
+    (p as usize & !(SEGMENT_SIZE - 1)) as *mut Segment
+}
+
+/// The page holding `p`.
+///
+/// # Safety
+/// `p` points into a page in use of a live segment.
+#[inline(always)]
+pub unsafe fn page_of(p: *const u8) -> *mut Page {
+    let seg = segment_of(p);
+    // SAFETY: the caller promises `seg` is a live segment, so its header is readable.
+    unsafe {
+        let idx = (p as usize - seg as usize) >> (*seg).page_shift;
+        ptr::addr_of_mut!((*seg).pages[idx])
+    }
+}
+
+impl Segment {
+    pub fn all_pages_mask(&self) -> u64 {
+        low_bits(self.page_count) & !1
+    }
+
+    pub fn is_medium(&self) -> bool {
+        self.page_shift == MEDIUM_PAGE_SHIFT
+    }
+
+    pub fn page_size(&self) -> usize {
+        1 << self.page_shift
+    }
+
+    /// Takes a free page for `class`, or `None` if the segment is full.
+    ///
+    /// # Safety
+    /// The segment is owned by the calling thread's heap and has the page kind of `class`.
+    pub unsafe fn take_page(&mut self, class: usize) -> Option<*mut Page> {
+        if self.free_pages == 0 {
+            return None;
+        }
+        let idx = self.free_pages.trailing_zeros() as usize;
+        let bit = 1u64 << idx;
+        let dirty = self.dirty_pages & bit != 0;
+        self.free_pages &= !bit;
+        self.dirty_pages &= !bit;
+        let page_size = self.page_size();
+        let start = (self as *mut Segment as usize + idx * page_size) as *mut u8;
+        let bs = size_class::block_size(class);
+        let capacity = (page_size / bs) as u32;
+        let page = &mut self.pages[idx];
+        *page = Page {
+            free: ptr::null_mut(),
+            used: 0,
+            bump: 0,
+            capacity,
+            block_size: bs as u32,
+            class: class as u8,
+            in_queue: false,
+            free_mask: 0,
+            purged_mask: 0,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            start,
+        };
+        if size_class::is_medium(class) {
+            page.bump = capacity;
+            page.free_mask = low_bits(capacity);
+            // Fresh or purged memory is not resident: nothing to purge until blocks are used.
+            page.purged_mask = if dirty { 0 } else { page.free_mask };
+        }
+        Some(page)
+    }
+
+    /// Gives a page with no block in use back to the segment; its memory stays until `purge_pages`.
+    pub fn release_page(&mut self, page: *mut Page) {
+        // SAFETY: `page` is one of this segment's page records (callers pass `page_of` results).
+        let idx = unsafe { page.offset_from(self.pages.as_ptr()) } as usize;
+        debug_assert!(idx > 0 && idx < self.page_count as usize);
+        self.pages[idx].class = NO_CLASS;
+        self.free_pages |= 1 << idx;
+        self.dirty_pages |= 1 << idx;
+    }
+
+    /// Purges every free page whose memory may be resident. Returns the bytes purged.
+    pub fn purge_pages(&mut self) -> usize {
+        let mut dirty = self.dirty_pages;
+        let mut bytes = 0;
+        while dirty != 0 {
+            let idx = dirty.trailing_zeros() as usize;
+            let first = idx;
+            let run = (dirty >> first).trailing_ones() as usize;
+            let start = self as *mut Segment as usize + first * self.page_size();
+            os::purge(start as *mut u8, run * self.page_size());
+            bytes += run * self.page_size();
+            dirty &= !(low_bits(run as u32) << first);
+        }
+        self.dirty_pages = 0;
+        bytes
+    }
+}
+
+/// Empty segments kept for reuse, already purged (so they hold only their header page resident).
+struct SegmentCache {
+    free: [*mut Segment; SEGMENT_CACHE_SLOTS],
+    len: usize,
+}
+
+// SAFETY: the cache only stores addresses of unowned segments; access is serialised by its lock.
+unsafe impl Send for SegmentCache {}
+
+/// How many empty segments are kept mapped for reuse (address space only: they are purged).
+const SEGMENT_CACHE_SLOTS: usize = 16;
+
+static SEGMENT_CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
+    free: [ptr::null_mut(); SEGMENT_CACHE_SLOTS],
+    len: 0,
+});
+
+pub(crate) fn lock_for_fork() {
+    SEGMENT_CACHE.raw_lock();
+}
+
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: called only by the fork handlers after `lock_for_fork` on the same thread.
+    unsafe { SEGMENT_CACHE.raw_unlock() };
+}
+
+/// Gets an empty segment for `heap` with pages of `1 << page_shift` bytes, or `None` if the OS
+/// refuses memory.
+pub fn acquire(heap: *mut Heap, page_shift: u32) -> Option<NonNull<Segment>> {
+    let cached = {
+        let mut cache = SEGMENT_CACHE.lock();
+        if cache.len > 0 {
+            cache.len -= 1;
+            let i = cache.len;
+            Some(cache.free[i])
+        } else {
+            None
+        }
+    };
+    let seg = match cached {
+        Some(s) => s,
+        None => os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE)?
+            .as_ptr()
+            .cast::<Segment>(),
+    };
+    let page_count = (SEGMENT_SIZE >> page_shift) as u32;
+    // SAFETY: `seg` is a mapped, unowned segment; we write its header before anyone else sees it.
+    unsafe {
+        ptr::addr_of_mut!((*seg).heap).write(heap);
+        ptr::addr_of_mut!((*seg).page_shift).write(page_shift);
+        ptr::addr_of_mut!((*seg).page_count).write(page_count);
+        let all = low_bits(page_count) & !1;
+        ptr::addr_of_mut!((*seg).free_pages).write(all);
+        ptr::addr_of_mut!((*seg).dirty_pages).write(0);
+        ptr::addr_of_mut!((*seg).next).write(ptr::null_mut());
+        ptr::addr_of_mut!((*seg).prev).write(ptr::null_mut());
+        for i in 0..page_count as usize {
+            ptr::addr_of_mut!((*seg).pages[i].class).write(NO_CLASS);
+        }
+    }
+    NonNull::new(seg)
+}
+
+/// Returns an empty segment: purged and cached, or unmapped when the cache is full.
+///
+/// # Safety
+/// No block of the segment is in use and its heap has unlinked it.
+pub unsafe fn release(seg: *mut Segment) {
+    // SAFETY: the caller promises the segment is ours and empty.
+    unsafe {
+        (*seg).purge_pages();
+        (*seg).heap = ptr::null_mut();
+    }
+    let mut cache = SEGMENT_CACHE.lock();
+    if cache.len < SEGMENT_CACHE_SLOTS {
+        let i = cache.len;
+        cache.free[i] = seg;
+        cache.len += 1;
+    } else {
+        drop(cache);
+        // SAFETY: `seg` is a non-null segment base returned by `map_aligned`.
+        os::unmap(unsafe { NonNull::new_unchecked(seg.cast()) }, SEGMENT_SIZE);
+    }
+}

@@ -1,0 +1,175 @@
+//! Size classes: which block size serves a request, computed in O(1).
+//!
+//! Classes are 8 B apart up to 64 B, then four per power of two (80, 96, 112, 128, 160, 192, ...),
+//! the spacing mimalloc and jemalloc use: a request above 64 B is rounded up by less than 25% of
+//! itself, and by less than 20% of the block it lands in. Every power of two is a class, so an
+//! aligned request can be served by the power-of-two class of `max(size, align)`: blocks sit at
+//! `page_start + i * block_size` and pages are aligned to their own size.
+//!
+//! Classes `0..SMALL_CLASSES` (blocks up to 8 KiB) live in 64 KiB pages; classes
+//! `SMALL_CLASSES..CLASSES` (10 KiB to 128 KiB) in 512 KiB pages; larger requests go to `large`.
+
+use static_assertions::const_assert;
+
+/// Number of size classes served by heaps.
+pub const CLASSES: usize = 52;
+/// Classes below this index use small (64 KiB) pages.
+pub const SMALL_CLASSES: usize = 36;
+/// The largest block served by a heap; larger requests are `large`.
+pub const MAX_SMALL_SIZE: usize = 128 * 1024;
+/// The largest block in a small page.
+pub const MAX_SMALL_PAGE_BLOCK: usize = 8 * 1024;
+/// Requests up to this size with alignment up to `FAST_ALIGN` find their class in one table load.
+pub const TABLE_MAX: usize = 1024;
+/// The alignment every class guarantees without rounding (all block sizes are multiples of 8).
+pub const FAST_ALIGN: usize = 8;
+
+const fn compute_class(size: usize) -> usize {
+    if size <= 64 {
+        if size == 0 {
+            0
+        } else {
+            (size + 7) / 8 - 1
+        }
+    } else {
+        let w = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize; // 2^w < size <= 2^(w+1)
+        let sub = ((size - 1) >> (w - 2)) & 3;
+        8 + (w - 6) * 4 + sub
+    }
+}
+
+const fn compute_block_size(class: usize) -> usize {
+    if class < 8 {
+        (class + 1) * 8
+    } else {
+        let w = (class - 8) / 4 + 6;
+        let sub = (class - 8) % 4;
+        (1 << w) + (sub + 1) * (1 << (w - 2))
+    }
+}
+
+const fn make_sizes() -> [u32; CLASSES] {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = compute_block_size(c) as u32;
+        c += 1;
+    }
+    t
+}
+
+const fn make_table() -> [u8; TABLE_MAX / 8 + 1] {
+    let mut t = [0u8; TABLE_MAX / 8 + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = compute_class(i * 8) as u8;
+        i += 1;
+    }
+    t
+}
+
+/// Block size of each class.
+pub static BLOCK_SIZE: [u32; CLASSES] = make_sizes();
+/// `CLASS_OF_WORDS[(size + 7) / 8]` is the class of `size` for `size <= TABLE_MAX`.
+static CLASS_OF_WORDS: [u8; TABLE_MAX / 8 + 1] = make_table();
+
+const_assert!(compute_block_size(CLASSES - 1) == MAX_SMALL_SIZE);
+const_assert!(compute_block_size(SMALL_CLASSES - 1) == MAX_SMALL_PAGE_BLOCK);
+const_assert!(compute_class(MAX_SMALL_SIZE) == CLASSES - 1);
+const_assert!(compute_class(MAX_SMALL_PAGE_BLOCK) == SMALL_CLASSES - 1);
+const_assert!(compute_class(65) == 8 && compute_block_size(8) == 80);
+// Medium pages (512 KiB) hold at most 64 blocks, so one u64 bitmap covers a page.
+const_assert!(512 * 1024 / compute_block_size(SMALL_CLASSES) <= 64);
+
+/// The class for a request of `size` bytes with alignment `align`, or `None` if it is large.
+///
+/// `align` must be a power of two.
+#[inline(always)]
+pub fn class_of(size: usize, align: usize) -> Option<usize> {
+    if size <= TABLE_MAX && align <= FAST_ALIGN {
+        // One load: the common case, inlined into `alloc` and `dealloc`.
+        return Some(CLASS_OF_WORDS[(size + 7) >> 3] as usize);
+    }
+    class_of_slow(size, align)
+}
+
+#[inline(never)]
+fn class_of_slow(size: usize, align: usize) -> Option<usize> {
+    let size = if align <= 16 {
+        // Every class of a multiple of 16 is a multiple of 16 (16, 32, 48, 64, 80, ...).
+        (size.checked_add(align - 1)?) & !(align - 1)
+    } else {
+        // A power-of-two block in a page aligned to its own size is aligned to itself.
+        size.max(align).checked_next_power_of_two()?
+    };
+    if size > MAX_SMALL_SIZE {
+        return None;
+    }
+    Some(compute_class(size))
+}
+
+/// The block size of `class`.
+#[inline(always)]
+pub fn block_size(class: usize) -> usize {
+    BLOCK_SIZE[class] as usize
+}
+
+/// Whether `class` lives in medium (512 KiB, bitmap-managed) pages.
+#[inline(always)]
+pub fn is_medium(class: usize) -> bool {
+    class >= SMALL_CLASSES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_fits_its_class_with_bounded_waste() {
+        for size in 1..=MAX_SMALL_SIZE {
+            let c = class_of(size, 1).unwrap();
+            let b = block_size(c);
+            assert!(b >= size, "size {size} class {c} block {b}");
+            if c > 0 {
+                assert!(
+                    block_size(c - 1) < size,
+                    "size {size} not in the smallest class"
+                );
+            }
+            if size > 64 {
+                assert!((b - size) * 4 < size, "waste above 25% at {size}");
+            }
+        }
+        assert_eq!(class_of(MAX_SMALL_SIZE + 1, 1), None);
+    }
+
+    #[test]
+    fn aligned_classes_are_aligned() {
+        let mut align = 1;
+        while align <= MAX_SMALL_SIZE {
+            for size in [1, 7, 8, 9, 15, 17, 100, 1000, 4095, 4097, 70_000] {
+                if let Some(c) = class_of(size, align) {
+                    let b = block_size(c);
+                    assert!(b >= size);
+                    // Blocks are at multiples of `b` from a page aligned to >= b, so alignment
+                    // holds when b is a multiple of align (align <= 16) or a power of two >= align.
+                    assert_eq!(b % align.min(b), 0, "size {size} align {align} block {b}");
+                    assert!(b % align == 0 || b.is_power_of_two() && b >= align);
+                }
+            }
+            align *= 2;
+        }
+        assert_eq!(class_of(8, 256 * 1024), None);
+        assert_eq!(class_of(usize::MAX - 8, 16), None);
+    }
+
+    #[test]
+    fn block_sizes_increase_and_classes_split_at_the_page_kinds() {
+        for c in 1..CLASSES {
+            assert!(block_size(c) > block_size(c - 1));
+        }
+        assert!(block_size(SMALL_CLASSES - 1) <= MAX_SMALL_PAGE_BLOCK);
+        assert!(block_size(SMALL_CLASSES) > MAX_SMALL_PAGE_BLOCK);
+        assert!(is_medium(SMALL_CLASSES) && !is_medium(SMALL_CLASSES - 1));
+    }
+}
