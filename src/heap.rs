@@ -136,10 +136,6 @@ impl Heap {
     pub fn is_live(&self) -> bool {
         self.state.get() == STATE_LIVE
     }
-
-    pub fn large_cache_bytes(&self) -> usize {
-        self.large.bytes()
-    }
 }
 
 /// The heap of threads that have not allocated yet. Never written: its bins have limit 0.
@@ -668,14 +664,15 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     if !heap.is_live() {
         return match thread_heap(heap) {
             Some(_) => alloc_large(size, align, zero),
-            None => with_fallback(|_| alloc_large_in(&fallback_heap_ref(), size, align, zero)),
+            None => with_fallback(|h| alloc_large_in(h, size, align, zero)),
         };
     }
     alloc_large_in(heap, size, align, zero)
 }
 
 fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    if !heap.counters.alloc_slow(size) {
+    // Sizes that cannot be mapped fail before they are counted (and cannot overflow the counters).
+    if large::mapped_len(size).is_none() || align > 1 << 40 || !heap.counters.alloc_slow(size) {
         return ptr::null_mut();
     }
     let p = large::alloc(&heap.large, size, align, zero);
@@ -701,7 +698,7 @@ unsafe fn free_large(p: *mut u8, size: usize) {
             // SAFETY: forwarded caller promise.
             Some(_) => unsafe { free_large(p, size) },
             // SAFETY: forwarded caller promise.
-            None => with_fallback(|_| unsafe { free_large_in(&fallback_heap_ref(), p, size) }),
+            None => with_fallback(|h| unsafe { free_large_in(h, p, size) }),
         }
         return;
     }
@@ -939,9 +936,4 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     fork_parent();
-}
-
-/// Dirty bytes waiting to be purged on the calling thread's heap (for tests).
-pub fn dirty_bytes() -> usize {
-    current_live().map_or(0, |h| h.dirty_bytes.get())
 }

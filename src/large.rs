@@ -48,10 +48,6 @@ impl LargeCache {
         }
     }
 
-    pub fn bytes(&self) -> usize {
-        self.bytes.get()
-    }
-
     /// A mapping of `len` bytes aligned to `align`: from the cache (possibly dirty) or fresh (zero).
     /// Returns the pointer and whether it is known to be zero.
     pub fn take(&self, len: usize, align: usize) -> Option<(NonNull<u8>, bool)> {

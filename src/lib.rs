@@ -13,6 +13,16 @@ mod large;
 mod os;
 mod segment;
 mod size_class;
+mod stats;
 mod sync;
 
 pub use global::PerfAlloc;
+pub use stats::{
+    limit, measure, reset_peak, reset_thread_peak, set_limit, stats, thread_stats, trim,
+    ClassStats, LargeStats, Measurement, Stats, ThreadStats, PUBLISH_THRESHOLD,
+};
+
+// The crate's own unit tests run on the allocator they test.
+#[cfg(test)]
+#[global_allocator]
+static TEST_GLOBAL: PerfAlloc = PerfAlloc::new();

@@ -173,9 +173,3 @@ pub fn resident_bytes() -> Option<u64> {
     }
     Some(pages * PAGE_SIZE as u64)
 }
-
-/// A cheap per-thread identity, used only to tag heaps for debugging and tests.
-pub fn thread_id() -> usize {
-    // SAFETY: pthread_self has no preconditions.
-    unsafe { libc::pthread_self() as usize }
-}

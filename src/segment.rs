@@ -224,10 +224,6 @@ impl Segment {
         low_bits(self.page_count) & !1
     }
 
-    pub fn is_medium(&self) -> bool {
-        self.page_shift == MEDIUM_PAGE_SHIFT
-    }
-
     pub fn page_size(&self) -> usize {
         1 << self.page_shift
     }

@@ -1,0 +1,304 @@
+//! Statistics with exact expectations.
+//!
+//! `harness = false`: the tests run one after another on the main thread, with no test-harness
+//! threads allocating beside them, so process-wide deltas are exact.
+use perfalloc::{measure, stats, thread_stats};
+use std::hint::black_box;
+
+#[global_allocator]
+static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
+
+/// The scalar figures of a snapshot; the snapshot (and its vector) is dropped at once.
+struct Figures {
+    live_bytes: u64,
+    allocations: u64,
+    deallocations: u64,
+    live_blocks: u64,
+}
+
+impl Figures {
+    fn now() -> Figures {
+        let s = stats();
+        Figures {
+            live_bytes: s.live_bytes,
+            allocations: s.allocations,
+            deallocations: s.deallocations,
+            live_blocks: s.size_classes.iter().map(|c| c.live_blocks).sum(),
+        }
+    }
+}
+
+fn measure_counts_a_known_sequence_exactly() {
+    let (_, m) = measure(|| {
+        let a = black_box(Box::new([1u8; 100]));
+        let b = black_box(vec![0u64; 1000]); // 8000 bytes
+        let c = black_box(vec![0u8; 300_000]); // large
+        drop(a);
+        drop(c);
+        b
+    });
+    assert_eq!(m.allocations, 3);
+    assert_eq!(m.deallocations, 2);
+    assert_eq!(m.allocated_bytes, 100 + 8000 + 300_000);
+    assert_eq!(m.freed_bytes, 100 + 300_000);
+    assert_eq!(m.net_bytes(), 8000);
+    assert_eq!(m.peak_bytes, 308_100);
+    assert_eq!(m.reallocations, 0);
+}
+
+fn measure_counts_reallocations_once_and_tracks_bytes() {
+    let (v, m) = measure(|| {
+        let mut v: Vec<u8> = Vec::with_capacity(10);
+        v.extend_from_slice(&[1; 10]);
+        v.reserve_exact(90); // realloc 10 -> 100
+        v.extend_from_slice(&[1; 90]);
+        v.reserve_exact(200_000 - 100); // realloc 100 -> 200_000 (small -> large)
+        v
+    });
+    assert_eq!(m.allocations, 1);
+    assert_eq!(m.reallocations, 2);
+    assert_eq!(m.deallocations, 0);
+    assert_eq!(m.net_bytes(), 200_000);
+    assert_eq!(m.allocated_bytes, 10 + 100 + 200_000);
+    assert_eq!(m.freed_bytes, 10 + 100);
+    // Moving 100 bytes into the 200 KB block holds both for a moment.
+    assert_eq!(m.peak_bytes, 200_100);
+    drop(v);
+}
+
+fn nested_measure_keeps_the_outer_peak() {
+    let (_, outer) = measure(|| {
+        drop(black_box(vec![0u8; 50_000]));
+        let (_, inner) = measure(|| drop(black_box(vec![0u8; 1000])));
+        assert_eq!(inner.peak_bytes, 1000);
+    });
+    assert_eq!(outer.peak_bytes, 50_000);
+    assert_eq!(outer.allocations, 2);
+}
+
+fn thread_stats_and_thread_peak() {
+    std::thread::spawn(|| {
+        let t0 = thread_stats();
+        let v = black_box(vec![0u8; 1 << 20]);
+        drop(v);
+        let t1 = thread_stats();
+        assert_eq!(t1.allocations - t0.allocations, 1);
+        assert_eq!(t1.deallocations - t0.deallocations, 1);
+        assert_eq!(t1.net_bytes, t0.net_bytes);
+        // A new thread's net may start negative: it frees the closure its parent boxed.
+        assert!(t1.peak_bytes as i64 >= t0.net_bytes + (1 << 20));
+        perfalloc::reset_thread_peak();
+        let t2 = thread_stats();
+        assert_eq!(t2.peak_bytes, t2.net_bytes.max(0) as u64);
+        let w = black_box(vec![0u8; 4096]);
+        assert_eq!(
+            thread_stats().peak_bytes as i64,
+            (t2.net_bytes + 4096).max(0)
+        );
+        drop(w);
+    })
+    .join()
+    .unwrap();
+}
+
+fn cross_thread_frees_leave_live_bytes_where_they_started() {
+    // Snapshots are taken as `Figures` so that no snapshot's own vector is live during the next.
+    let before = Figures::now();
+    let blocks: Vec<Box<[u8]>> = (0..10_000)
+        .map(|i| vec![1u8; i % 500 + 1].into_boxed_slice())
+        .collect();
+    assert!(Figures::now().live_bytes >= before.live_bytes + 10_000 * 250);
+    std::thread::spawn(move || drop(blocks)).join().unwrap();
+    let after = Figures::now();
+    assert_eq!(after.live_bytes, before.live_bytes);
+    assert_eq!(
+        after.allocations - before.allocations,
+        after.deallocations - before.deallocations
+    );
+    // Per-class live blocks are back too.
+    assert_eq!(after.live_blocks, before.live_blocks);
+}
+
+fn thread_exit_loses_no_counts() {
+    let before = Figures::now();
+    let hs: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let kept: Vec<Vec<u8>> = (0..1000).map(|i| vec![0; i + 1]).collect();
+                for i in 0..1000 {
+                    drop(black_box(vec![0u8; i + 1]));
+                }
+                kept
+            })
+        })
+        .collect();
+    let kept: Vec<Vec<Vec<u8>>> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let after = Figures::now();
+    // Each thread: 2000 allocations of its own; the kept outer Vec grows by realloc.
+    assert!(after.allocations - before.allocations >= 8 * 2000);
+    assert!(after.allocations >= before.allocations && after.deallocations >= before.deallocations);
+    let kept_bytes: u64 = kept.iter().flatten().map(|v| v.len() as u64).sum();
+    assert_eq!(kept_bytes, 8 * 1000 * 1001 / 2);
+    // The kept blocks (and the outer vectors holding them) are live although their threads exited.
+    let vec_size = std::mem::size_of::<Vec<u8>>();
+    let outer: u64 = kept
+        .iter()
+        .map(|v| (v.capacity() * vec_size) as u64)
+        .sum::<u64>()
+        + (kept.capacity() * std::mem::size_of::<Vec<Vec<u8>>>()) as u64;
+    assert_eq!(after.live_bytes - before.live_bytes, kept_bytes + outer);
+    drop(kept);
+    let end = Figures::now();
+    assert_eq!(end.live_bytes, before.live_bytes);
+    assert_eq!(
+        end.allocations - before.allocations,
+        end.deallocations - before.deallocations
+    );
+}
+
+fn process_peak_stays_within_its_documented_bound_under_8_threads() {
+    let base = stats().live_bytes;
+    perfalloc::reset_peak();
+    // Each thread holds at most 4 MiB at its own peak, and the threads peak at the same moment
+    // (the barrier), so the true process peak is known: base + 8 * 4 MiB.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let hs: Vec<_> = (0..8)
+        .map(|t| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut rng = t as u64 * 7 + 1;
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..20_000 {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    if held.len() < 64 && rng >> 62 != 0 {
+                        held.push(vec![0; (rng >> 40) as usize % 4096 + 1]);
+                    } else if !held.is_empty() {
+                        held.swap_remove((rng >> 33) as usize % held.len());
+                    }
+                }
+                drop(held);
+                let peak = black_box(vec![1u8; 4 << 20]);
+                barrier.wait();
+                barrier.wait();
+                drop(peak);
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let s = stats();
+    let true_peak_min = base + 8 * (4 << 20);
+    let slack = 16 * perfalloc::PUBLISH_THRESHOLD; // threads (8 workers + this one, + margin) x threshold
+    assert!(
+        s.peak_live_bytes + slack >= true_peak_min,
+        "peak {} < {}",
+        s.peak_live_bytes,
+        true_peak_min
+    );
+    // Churn of 64 blocks of up to 4 KiB per thread adds at most 8 * 256 KiB on top.
+    assert!(
+        s.peak_live_bytes <= true_peak_min + 8 * (256 << 10) + slack,
+        "peak {} too high for a true peak near {}",
+        s.peak_live_bytes,
+        true_peak_min
+    );
+}
+
+fn limit_makes_try_reserve_fail_and_recovers() {
+    let live = stats().live_bytes;
+    perfalloc::set_limit(Some(live + (64 << 20)));
+    assert_eq!(perfalloc::limit(), Some(live + (64 << 20)));
+    let mut v: Vec<u8> = Vec::new();
+    assert!(
+        v.try_reserve(128 << 20).is_err(),
+        "over-limit reservation succeeded"
+    );
+    assert!(
+        v.try_reserve(16 << 20).is_ok(),
+        "within-limit reservation failed"
+    );
+    let mut w: Vec<u8> = Vec::new();
+    assert!(
+        w.try_reserve(60 << 20).is_err(),
+        "16 + 60 MiB exceeds the 64 MiB limit"
+    );
+    drop(v);
+    assert!(
+        w.try_reserve(60 << 20).is_ok(),
+        "freed memory must count against the limit"
+    );
+    perfalloc::set_limit(None);
+    assert_eq!(perfalloc::limit(), None);
+    let mut x: Vec<u8> = Vec::new();
+    assert!(x.try_reserve(256 << 20).is_ok());
+}
+
+fn report_and_serde_round_trip() {
+    let keep: Vec<Box<[u8; 200]>> = (0..100).map(|_| Box::new([0; 200])).collect();
+    let s = stats();
+    let c = s
+        .size_classes
+        .iter()
+        .find(|c| c.block_size == 224)
+        .expect("the 224-byte class is in use");
+    assert!(c.live_blocks >= 100 && c.allocations >= 100);
+    assert!(s.active_bytes >= s.live_bytes);
+    assert!(s.mapped_bytes >= s.active_bytes);
+    assert!(s.threads >= 1);
+    let text = s.to_string();
+    assert!(
+        text.contains("live") && text.contains("224 B"),
+        "report: {text}"
+    );
+    let json = serde_json::to_string(&s).unwrap();
+    let back: perfalloc::Stats = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    let (_, m) = measure(|| drop(black_box(vec![0u8; 10])));
+    let back: perfalloc::Measurement =
+        serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    assert_eq!(back, m);
+    drop(keep);
+}
+
+fn main() {
+    let tests: &[(&str, fn())] = &[
+        (
+            "measure_counts_a_known_sequence_exactly",
+            measure_counts_a_known_sequence_exactly,
+        ),
+        (
+            "measure_counts_reallocations_once_and_tracks_bytes",
+            measure_counts_reallocations_once_and_tracks_bytes,
+        ),
+        (
+            "nested_measure_keeps_the_outer_peak",
+            nested_measure_keeps_the_outer_peak,
+        ),
+        ("thread_stats_and_thread_peak", thread_stats_and_thread_peak),
+        (
+            "cross_thread_frees_leave_live_bytes_where_they_started",
+            cross_thread_frees_leave_live_bytes_where_they_started,
+        ),
+        ("thread_exit_loses_no_counts", thread_exit_loses_no_counts),
+        (
+            "process_peak_stays_within_its_documented_bound_under_8_threads",
+            process_peak_stays_within_its_documented_bound_under_8_threads,
+        ),
+        (
+            "limit_makes_try_reserve_fail_and_recovers",
+            limit_makes_try_reserve_fail_and_recovers,
+        ),
+        ("report_and_serde_round_trip", report_and_serde_round_trip),
+    ];
+    let mut failed = 0;
+    for (name, test) in tests {
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        failed += usize::from(!ok);
+    }
+    println!("stats: {} passed, {} failed", tests.len() - failed, failed);
+    std::process::exit(i32::from(failed > 0));
+}
