@@ -159,6 +159,15 @@ fn current() -> &'static Heap {
 /// Allocates `size` bytes aligned to `align`; null on failure.
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    if size_class::is_table_size(size, align) {
+        return alloc_small(current(), size_class::table_class(size), size);
+    }
+    alloc_general(size, align)
+}
+
+/// Every request the table does not cover: aligned, above 1 KiB, or large.
+#[inline(never)]
+fn alloc_general(size: usize, align: usize) -> *mut u8 {
     match size_class::class_of(size, align) {
         Some(class) => alloc_small(current(), class, size),
         None => alloc_large(size, align, false),
@@ -188,6 +197,18 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// again.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8, size: usize, align: usize) {
+    if size_class::is_table_size(size, align) {
+        // SAFETY: forwarded caller promise.
+        return unsafe { free_small(current(), p.cast(), size_class::table_class(size), size) };
+    }
+    // SAFETY: forwarded caller promise.
+    unsafe { free_general(p, size, align) }
+}
+
+/// # Safety
+/// As for `free`.
+#[inline(never)]
+unsafe fn free_general(p: *mut u8, size: usize, align: usize) {
     match size_class::class_of(size, align) {
         // SAFETY: forwarded caller promise.
         Some(class) => unsafe { free_small(current(), p.cast(), class, size) },
@@ -256,7 +277,9 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
 
 #[inline(always)]
 fn alloc_small(heap: &Heap, class: usize, size: usize) -> *mut u8 {
-    let bin = &heap.bins[class];
+    debug_assert!(class < CLASSES);
+    // SAFETY: every class is `< CLASSES` (the table is range-checked at compile time).
+    let bin = unsafe { heap.bins.get_unchecked(class) };
     let b = bin.head.get();
     if b.is_null() || !heap.counters.try_alloc_fast(size) {
         return alloc_small_slow(heap, class, size);
@@ -301,7 +324,9 @@ fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
 /// `b` is a live block of `class`, freed by the caller.
 #[inline(always)]
 unsafe fn free_small(heap: &Heap, b: *mut Block, class: usize, size: usize) {
-    let bin = &heap.bins[class];
+    debug_assert!(class < CLASSES);
+    // SAFETY: as in `alloc_small`.
+    let bin = unsafe { heap.bins.get_unchecked(class) };
     let count = bin.count.get();
     if count >= bin.limit.get() || !heap.counters.try_free_fast(size) {
         // SAFETY: forwarded caller promise.

@@ -70,8 +70,21 @@ const fn make_table() -> [u8; TABLE_MAX / 8 + 1] {
 
 /// Block size of each class.
 pub static BLOCK_SIZE: [u32; CLASSES] = make_sizes();
-/// `CLASS_OF_WORDS[(size + 7) / 8]` is the class of `size` for `size <= TABLE_MAX`.
-static CLASS_OF_WORDS: [u8; TABLE_MAX / 8 + 1] = make_table();
+/// `CLASS_OF_WORDS[(size + 7) / 8]` is the class of `size` for `size <= TABLE_MAX`. A `const`, not a
+/// `static`: inlined into the caller's crate it is addressed RIP-relative, without a GOT load.
+const CLASS_OF_WORDS: [u8; TABLE_MAX / 8 + 1] = make_table();
+
+const fn table_is_in_range() -> bool {
+    let mut i = 0;
+    while i < CLASS_OF_WORDS.len() {
+        if CLASS_OF_WORDS[i] as usize >= CLASSES {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+const_assert!(table_is_in_range());
 
 const_assert!(compute_block_size(CLASSES - 1) == MAX_SMALL_SIZE);
 const_assert!(compute_block_size(SMALL_CLASSES - 1) == MAX_SMALL_PAGE_BLOCK);
@@ -81,19 +94,31 @@ const_assert!(compute_class(65) == 8 && compute_block_size(8) == 80);
 // Medium pages (512 KiB) hold at most 64 blocks, so one u64 bitmap covers a page.
 const_assert!(512 * 1024 / compute_block_size(SMALL_CLASSES) <= 64);
 
+/// Whether a request takes the table path: `table_class` then applies.
+#[inline(always)]
+pub fn is_table_size(size: usize, align: usize) -> bool {
+    size <= TABLE_MAX && align <= FAST_ALIGN
+}
+
+/// The class of a request for which `is_table_size` holds: one load. Always `< CLASSES`
+/// (checked at compile time above).
+#[inline(always)]
+pub fn table_class(size: usize) -> usize {
+    debug_assert!(size <= TABLE_MAX);
+    CLASS_OF_WORDS[(size + 7) >> 3] as usize
+}
+
 /// The class for a request of `size` bytes with alignment `align`, or `None` if it is large.
 ///
 /// `align` must be a power of two.
-#[inline(always)]
+#[inline]
 pub fn class_of(size: usize, align: usize) -> Option<usize> {
-    if size <= TABLE_MAX && align <= FAST_ALIGN {
-        // One load: the common case, inlined into `alloc` and `dealloc`.
-        return Some(CLASS_OF_WORDS[(size + 7) >> 3] as usize);
+    if is_table_size(size, align) {
+        return Some(table_class(size));
     }
     class_of_slow(size, align)
 }
 
-#[inline(never)]
 fn class_of_slow(size: usize, align: usize) -> Option<usize> {
     let size = if align <= 16 {
         // Every class of a multiple of 16 is a multiple of 16 (16, 32, 48, 64, 80, ...).

@@ -1,0 +1,54 @@
+//! An alloc+free loop for counting instructions per pair with callgrind (see `benches/callgrind.sh`).
+//!
+//! `pair_loop <perfalloc|system|mimalloc|jemalloc> <size> <iterations>`: each allocator is called
+//! through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the global one.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+
+#[global_allocator]
+static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
+
+static PERF: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
+static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[inline(never)]
+fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u64) {
+    for _ in 0..n {
+        // SAFETY: non-zero size; the block is freed with the same layout.
+        unsafe {
+            let p = shim_alloc(a, black_box(layout));
+            shim_dealloc(a, black_box(p), layout);
+        }
+    }
+}
+
+#[inline(never)]
+unsafe fn shim_alloc<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe { a.alloc(layout) }
+}
+
+#[inline(never)]
+unsafe fn shim_dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, layout: Layout) {
+    // SAFETY: forwarded from the caller.
+    unsafe { a.dealloc(p, layout) }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let which = args.get(1).map(String::as_str).unwrap_or("perfalloc");
+    let size: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let n: u64 = args
+        .get(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let layout = Layout::from_size_align(size, 8).unwrap();
+    match which {
+        "perfalloc" => pairs(&PERF, layout, n),
+        "system" => pairs(&System, layout, n),
+        "mimalloc" => pairs(&MI, layout, n),
+        "jemalloc" => pairs(&JE, layout, n),
+        other => panic!("unknown allocator {other}"),
+    }
+}
