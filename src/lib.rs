@@ -6,11 +6,15 @@
 )]
 #![warn(missing_docs)]
 
+pub mod aligned;
+pub mod buffer;
 mod counters;
 mod global;
 mod heap;
 mod large;
+pub mod mmap;
 mod os;
+pub mod pool;
 mod segment;
 mod size_class;
 mod stats;
