@@ -238,18 +238,19 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
                 return ptr::null_mut();
             }
             // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
-            let q = unsafe { large::realloc(&heap.large, p, old, new, align) };
-            if q.is_null() {
-                heap.counters.realloc(new, old);
-                heap.counters.reallocs.add(u64::MAX); // the undo is not a realloc
-            } else {
-                let (old_len, new_len) = (large::mapped_len(old), large::mapped_len(new));
-                if let (Some(o), Some(n)) = (old_len, new_len) {
-                    ThreadCounters::bump(&heap.counters.large_active, n as i64 - o as i64);
+            return match unsafe { large::realloc(&heap.large, p, old, new, align) } {
+                Some((q, old_len, new_len)) => {
+                    let c = &heap.counters;
+                    ThreadCounters::bump(&c.large_active, new_len as i64 - old_len as i64);
+                    ThreadCounters::bump(&c.large_live, new as i64 - old as i64);
+                    q
                 }
-                ThreadCounters::bump(&heap.counters.large_live, new as i64 - old as i64);
-            }
-            return q;
+                None => {
+                    heap.counters.realloc(new, old);
+                    heap.counters.reallocs.add(u64::MAX); // the undo is not a realloc
+                    ptr::null_mut()
+                }
+            };
         }
     }
     // Move: a fresh block, a copy, and a free, counted as one realloc.
@@ -385,7 +386,9 @@ fn refill(heap: &Heap, class: usize) -> bool {
         // SAFETY: pages in our queues are in use and owned by this heap.
         let page = unsafe { &mut *page };
         // SAFETY: as above.
-        let (head, tail, n) = unsafe { page.take(want) };
+        let (head, tail, n, redirtied) = unsafe { page.take(want) };
+        heap.dirty_bytes
+            .set(heap.dirty_bytes.get().saturating_sub(redirtied));
         if !page.has_free() {
             queue_remove(heap, page);
         }
@@ -423,14 +426,17 @@ fn flush(heap: &Heap, class: usize, keep: u32) {
 }
 
 /// Returns a chain of blocks to their pages: ours directly, others' through their remote lists.
+/// Consecutive blocks of one page (the common case: blocks freed in the order they were carved)
+/// are spliced into it as one chain; consecutive blocks of one other heap are pushed with one CAS.
 ///
 /// # Safety
 /// The chain's blocks are unused and counted as used by their pages.
 unsafe fn give_back(heap: &Heap, mut b: *mut Block) {
     let me = heap as *const Heap as *mut Heap;
-    // A chain of consecutive blocks for one other heap, pushed with one CAS.
-    let mut chain: (*mut Heap, *mut Block, *mut Block) =
+    let mut remote: (*mut Heap, *mut Block, *mut Block) =
         (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    let mut local: (*mut Page, *mut Block, *mut Block, u32) =
+        (ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 0);
     while !b.is_null() {
         // SAFETY: `b` is a block of the chain; its link is valid.
         let next = unsafe { (*b).next };
@@ -438,23 +444,35 @@ unsafe fn give_back(heap: &Heap, mut b: *mut Block) {
         // SAFETY: the block is live from its page's view, so its segment is live and `heap` stable.
         let owner = unsafe { (*seg).heap };
         if owner == me {
-            // SAFETY: the block is of one of our pages.
-            unsafe { put_local(heap, b) };
-        } else {
-            if owner != chain.0 {
-                push_remote(chain);
-                chain = (owner, b, b);
-                // SAFETY: `b` starts a new chain.
-                unsafe { (*b).next = ptr::null_mut() };
+            // SAFETY: the block is of one of our pages, which is in use.
+            let page = unsafe { segment::page_of(b.cast()) };
+            if page == local.0 {
+                // SAFETY: prepend `b` to the run being built.
+                unsafe { (*b).next = local.1 };
+                local.1 = b;
+                local.3 += 1;
             } else {
-                // SAFETY: prepend `b` to the chain being built.
-                unsafe { (*b).next = chain.1 };
-                chain.1 = b;
+                // SAFETY: the run holds unused blocks of its page.
+                unsafe { put_run(heap, local) };
+                // SAFETY: `b` starts a new run.
+                unsafe { (*b).next = ptr::null_mut() };
+                local = (page, b, b, 1);
             }
+        } else if owner == remote.0 {
+            // SAFETY: prepend `b` to the chain being built.
+            unsafe { (*b).next = remote.1 };
+            remote.1 = b;
+        } else {
+            push_remote(remote);
+            // SAFETY: `b` starts a new chain.
+            unsafe { (*b).next = ptr::null_mut() };
+            remote = (owner, b, b);
         }
         b = next;
     }
-    push_remote(chain);
+    // SAFETY: as above.
+    unsafe { put_run(heap, local) };
+    push_remote(remote);
 }
 
 /// Pushes a chain `(owner, head, tail)` onto `owner`'s remote list.
@@ -480,30 +498,31 @@ fn drain_remote(heap: &Heap) {
     if heap.remote.load(Ordering::Relaxed).is_null() {
         return;
     }
-    let mut b = heap.remote.swap(ptr::null_mut(), Ordering::Acquire);
-    while !b.is_null() {
-        // SAFETY: the Acquire swap makes the pushers' links visible; every block is of our pages.
-        unsafe {
-            let next = (*b).next;
-            put_local(heap, b);
-            b = next;
-        }
-    }
+    let b = heap.remote.swap(ptr::null_mut(), Ordering::Acquire);
+    // SAFETY: the Acquire swap makes the pushers' links visible; every block is of our pages and
+    // was freed by its user.
+    unsafe { give_back(heap, b) };
 }
 
+/// Puts a run `(page, head, tail, count)` of blocks back into their page (of this heap).
+///
 /// # Safety
-/// `b` is an unused block of one of this heap's pages.
-unsafe fn put_local(heap: &Heap, b: *mut Block) {
-    // SAFETY: caller promise; the page is in use.
-    let page = unsafe { &mut *segment::page_of(b.cast()) };
+/// The run's blocks are unused blocks of `page`, which belongs to this heap and is in use.
+unsafe fn put_run(heap: &Heap, (page, head, tail, n): (*mut Page, *mut Block, *mut Block, u32)) {
+    if page.is_null() {
+        return;
+    }
     // SAFETY: caller promise.
-    let empty = unsafe { page.put(b) };
+    let page = unsafe { &mut *page };
+    // SAFETY: caller promise.
+    let empty = unsafe { page.put_chain(head, tail, n) };
     if !page.in_queue {
         queue_push(heap, page);
     }
     let dirty = if page.is_medium() {
-        page.block_size as usize
+        n as usize * page.block_size as usize
     } else if empty {
+        page.empty_dirty = true;
         1 << SMALL_PAGE_SHIFT
     } else {
         0
@@ -514,10 +533,15 @@ unsafe fn put_local(heap: &Heap, b: *mut Block) {
 }
 
 fn add_dirty(heap: &Heap, bytes: usize) {
-    if heap.dirty_bytes.get() == 0 {
+    arm_purge(heap);
+    heap.dirty_bytes.set(heap.dirty_bytes.get() + bytes);
+}
+
+/// Schedules a purge `PURGE_DELAY_MS` from now unless one is already scheduled.
+fn arm_purge(heap: &Heap) {
+    if heap.purge_deadline.get() == 0 {
         heap.purge_deadline.set(os::now_ms() + PURGE_DELAY_MS);
     }
-    heap.dirty_bytes.set(heap.dirty_bytes.get() + bytes);
 }
 
 fn queue_push(heap: &Heap, page: &mut Page) {
@@ -632,10 +656,11 @@ fn seg_unlink(heap: &Heap, kind: usize, seg: *mut Segment) {
 // ---------------------------------------------------------------------------------------------
 // Purging.
 
+/// Purges if one is scheduled and due, or if too much dirty memory is waiting.
 #[inline]
 fn maybe_purge(heap: &Heap) {
-    let dirty = heap.dirty_bytes.get();
-    if dirty > 0 && (dirty > PURGE_BOUND || os::now_ms() >= heap.purge_deadline.get()) {
+    let deadline = heap.purge_deadline.get();
+    if deadline != 0 && (heap.dirty_bytes.get() > PURGE_BOUND || os::now_ms() >= deadline) {
         purge(heap);
     }
 }
@@ -677,6 +702,7 @@ pub fn purge(heap: &Heap) {
     }
     heap.large.clear();
     heap.dirty_bytes.set(0);
+    heap.purge_deadline.set(0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,19 +723,18 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
 
 fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // Sizes that cannot be mapped fail before they are counted (and cannot overflow the counters).
-    if large::mapped_len(size).is_none() || align > 1 << 40 || !heap.counters.alloc_slow(size) {
+    if !large::is_mappable(size, align) || !heap.counters.alloc_slow(size) {
         return ptr::null_mut();
     }
-    let p = large::alloc(&heap.large, size, align, zero);
-    if p.is_null() {
+    let Some((p, len)) = large::alloc(&heap.large, size, align, zero) else {
         heap.counters.undo_alloc(size);
-        return p;
-    }
+        return ptr::null_mut();
+    };
     if cfg!(feature = "stats") {
         let c = &heap.counters;
         c.large_allocs.add(1);
         ThreadCounters::bump(&c.large_live, size as i64);
-        ThreadCounters::bump(&c.large_active, large::mapped_len(size).unwrap_or(0) as i64);
+        ThreadCounters::bump(&c.large_active, len as i64);
     }
     p
 }
@@ -733,18 +758,15 @@ unsafe fn free_large(p: *mut u8, size: usize) {
 
 unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
     heap.counters.free_slow(size);
+    // SAFETY: forwarded caller promise.
+    let len = unsafe { large::free(&heap.large, p) };
     if cfg!(feature = "stats") {
         let c = &heap.counters;
         c.large_frees.add(1);
         ThreadCounters::bump(&c.large_live, -(size as i64));
-        ThreadCounters::bump(
-            &c.large_active,
-            -(large::mapped_len(size).unwrap_or(0) as i64),
-        );
+        ThreadCounters::bump(&c.large_active, -(len as i64));
     }
-    // SAFETY: forwarded caller promise.
-    unsafe { large::free(&heap.large, p, size) };
-    add_dirty(heap, 0);
+    arm_purge(heap);
     maybe_purge(heap);
 }
 

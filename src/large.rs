@@ -1,9 +1,15 @@
-//! Large blocks (above 128 KiB, or aligned beyond what a heap page can honour): one mapping each,
-//! rounded to a size class (four per power of two) so that freed mappings are interchangeable and
-//! a small per-heap cache can hand them out again without a system call or fresh page faults.
+//! Large blocks (above 128 KiB, or aligned beyond what a heap page can honour): one mapping each.
 //!
-//! The layout passed to `dealloc` gives the size back, so a large block needs no header: its mapping
-//! is `[p, p + mapped_len(size))`.
+//! A mapping is `[base, base + len)`; the block starts at `p = base + offset` with
+//! `offset = max(PAGE_SIZE, align)`, and the last bytes before `p` hold a [`Header`] recording `base`
+//! and `len`. Knowing the real length lets a freed mapping serve any later request it fits (best
+//! fit, at most `MAX_WASTE` times too big), and lets `realloc` grow into the spare room with no
+//! system call, or with `mremap` (no copy) beyond it. Fresh lengths are rounded to four classes per
+//! power of two so that mappings are reusable for nearby sizes.
+//!
+//! Freed mappings stay in a per-heap cache of `SLOTS` entries (at most `CACHE_BYTES`); the heap
+//! unmaps them when it purges. Page faults are costly on the machines we measure on, so reusing a
+//! mapping whose pages are already resident is the point of the cache.
 
 use crate::os::{self, PAGE_SIZE};
 use core::cell::Cell;
@@ -15,24 +21,52 @@ const SLOTS: usize = 8;
 const CACHE_BYTES: usize = 64 << 20;
 /// Mappings larger than this are never cached.
 const MAX_CACHED: usize = 32 << 20;
+/// A cached mapping serves a request only if it is at most this many times the needed length.
+/// Its pages are resident already, so using it costs no more memory than keeping it cached; 8
+/// lets a `Vec` that grows by doubling reuse the mapping it had at its largest.
+const MAX_WASTE: usize = 8;
 
-/// The mapping length for a large request, or `None` if it overflows.
-pub fn mapped_len(size: usize) -> Option<usize> {
-    let size = size.max(PAGE_SIZE);
-    let w = usize::BITS - 1 - (size - 1).leading_zeros(); // 2^w < size <= 2^(w+1)
-    let step = 1usize << w.saturating_sub(2);
-    let len = size.checked_add(step - 1)? & !(step - 1);
-    let len = len.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1);
-    if len > isize::MAX as usize {
-        return None;
-    }
-    Some(len)
+/// Stored just below a large block.
+#[repr(C)]
+struct Header {
+    base: usize,
+    len: usize,
+}
+
+/// The offset of the block in its mapping for an alignment.
+fn offset_for(align: usize) -> usize {
+    align.max(PAGE_SIZE)
+}
+
+/// A fresh mapping length for `need` bytes, rounded up to a class, or `None` if it overflows.
+fn class_len(need: usize) -> Option<usize> {
+    let need = need.max(PAGE_SIZE);
+    let w = usize::BITS - 1 - (need - 1).leading_zeros();
+    let step = (1usize << w.saturating_sub(2)).max(PAGE_SIZE);
+    let len = need.checked_add(step - 1)? & !(step - 1);
+    (len <= isize::MAX as usize).then_some(len)
+}
+
+/// Whether `size` with `align` can ever be mapped (the check happens before any accounting).
+pub fn is_mappable(size: usize, align: usize) -> bool {
+    align <= 1 << 40
+        && offset_for(align)
+            .checked_add(size)
+            .and_then(class_len)
+            .is_some()
+}
+
+/// # Safety
+/// `p` is a live large block.
+unsafe fn header(p: *mut u8) -> *mut Header {
+    // SAFETY: the header sits in the mapping just below every large block (module docs).
+    unsafe { p.sub(core::mem::size_of::<Header>()).cast() }
 }
 
 /// A per-heap cache of freed large mappings.
 ///
-/// Invariants: `slots[i] = (addr, len)` with `addr == 0` for an empty slot; every cached mapping is
-/// a whole mapping of `len` bytes owned by nobody else; `bytes` is the sum of cached `len`s.
+/// Invariants: `slots[i] = (base, len)` with `base == 0` for an empty slot; every cached mapping is
+/// a whole mapping of `len` bytes that nobody uses; `bytes` is the sum of the cached `len`s.
 pub struct LargeCache {
     slots: [Cell<(usize, usize)>; SLOTS],
     next: Cell<usize>,
@@ -48,38 +82,52 @@ impl LargeCache {
         }
     }
 
-    /// A mapping of `len` bytes aligned to `align`: from the cache (possibly dirty) or fresh (zero).
-    /// Returns the pointer and whether it is known to be zero.
-    pub fn take(&self, len: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+    /// Takes the smallest cached mapping of at least `need` (and at most `MAX_WASTE * need`) bytes
+    /// whose base is aligned to `align`.
+    fn take_fit(&self, need: usize, align: usize) -> Option<(usize, usize)> {
+        let mut best: Option<&Cell<(usize, usize)>> = None;
         for slot in &self.slots {
-            let (addr, l) = slot.get();
-            if addr != 0 && l == len && addr % align == 0 {
-                slot.set((0, 0));
-                self.bytes.set(self.bytes.get() - len);
-                return NonNull::new(addr as *mut u8).map(|p| (p, false));
+            let (base, len) = slot.get();
+            let fits = base != 0 && len >= need && len / MAX_WASTE <= need && base % align == 0;
+            if fits && best.is_none_or(|b| b.get().1 > len) {
+                best = Some(slot);
             }
         }
-        os::map_aligned(len, align).map(|p| (p, true))
+        let slot = best?;
+        let (base, len) = slot.replace((0, 0));
+        self.bytes.set(self.bytes.get() - len);
+        Some((base, len))
     }
 
-    /// Takes back a mapping of `len` bytes: cached if it fits, otherwise unmapped.
-    ///
-    /// # Safety
-    /// `[p, p + len)` is a whole large mapping that nobody uses any more.
-    pub unsafe fn put(&self, p: NonNull<u8>, len: usize) {
+    /// Takes the largest cached mapping, to be resized, if the alignment allows moving it.
+    fn take_resizable(&self, align: usize) -> Option<(usize, usize)> {
+        if align > PAGE_SIZE {
+            return None;
+        }
+        let slot = self
+            .slots
+            .iter()
+            .filter(|s| s.get().0 != 0)
+            .max_by_key(|s| s.get().1)?;
+        let (base, len) = slot.replace((0, 0));
+        self.bytes.set(self.bytes.get() - len);
+        Some((base, len))
+    }
+
+    /// Takes back a whole mapping: cached if it fits, otherwise unmapped.
+    fn put(&self, base: usize, len: usize) {
         if len > MAX_CACHED {
-            os::unmap(p, len);
+            unmap(base, len);
             return;
         }
         // Round-robin eviction: the slot we overwrite holds the oldest entry.
         let i = self.next.get();
         self.next.set((i + 1) % SLOTS);
-        let (old, old_len) = self.slots[i].replace((p.as_ptr() as usize, len));
+        let (old, old_len) = self.slots[i].replace((base, len));
         self.bytes.set(self.bytes.get() + len);
         if old != 0 {
             self.bytes.set(self.bytes.get() - old_len);
-            // SAFETY: cached mappings are whole and unused (struct invariant).
-            os::unmap(unsafe { NonNull::new_unchecked(old as *mut u8) }, old_len);
+            unmap(old, old_len);
         }
         while self.bytes.get() > CACHE_BYTES {
             self.evict_one();
@@ -87,15 +135,10 @@ impl LargeCache {
     }
 
     fn evict_one(&self) {
-        for slot in &self.slots {
-            let (addr, len) = slot.get();
-            if addr != 0 {
-                slot.set((0, 0));
-                self.bytes.set(self.bytes.get() - len);
-                // SAFETY: cached mappings are whole and unused (struct invariant).
-                os::unmap(unsafe { NonNull::new_unchecked(addr as *mut u8) }, len);
-                return;
-            }
+        if let Some(slot) = self.slots.iter().find(|s| s.get().0 != 0) {
+            let (base, len) = slot.replace((0, 0));
+            self.bytes.set(self.bytes.get() - len);
+            unmap(base, len);
         }
     }
 
@@ -107,65 +150,129 @@ impl LargeCache {
     }
 }
 
-/// Allocates a large block. Null if the size overflows or the OS refuses.
-pub fn alloc(cache: &LargeCache, size: usize, align: usize, zero: bool) -> *mut u8 {
-    let Some(len) = mapped_len(size) else {
-        return ptr::null_mut();
-    };
-    match cache.take(len, align.max(PAGE_SIZE)) {
-        Some((p, is_zero)) => {
-            if zero && !is_zero {
-                // SAFETY: the mapping is ours and at least `size` bytes long.
-                unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
+fn remap(base: usize, len: usize, new_len: usize) -> Option<usize> {
+    // SAFETY: `base` is the non-null start of a whole mapping nobody uses (callers' invariant).
+    let p = unsafe { NonNull::new_unchecked(base as *mut u8) };
+    os::remap(p, len, new_len).map(|q| q.as_ptr() as usize)
+}
+
+fn unmap(base: usize, len: usize) {
+    // SAFETY: `base` is the non-null start of a whole mapping nobody uses (callers' invariant).
+    os::unmap(unsafe { NonNull::new_unchecked(base as *mut u8) }, len);
+}
+
+/// Allocates a large block; returns it and its mapping length, or `None` if the OS refuses.
+/// The caller checked `is_mappable(size, align)`.
+pub fn alloc(
+    cache: &LargeCache,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> Option<(*mut u8, usize)> {
+    let offset = offset_for(align);
+    let need = offset.checked_add(size)?;
+    let (base, len, fresh) = match cache.take_fit(need, align.max(PAGE_SIZE)) {
+        Some((base, len)) => (base, len, false),
+        None => {
+            let len = class_len(need)?;
+            match cache.take_resizable(align) {
+                // Resizing a cached mapping keeps its resident pages: only growth faults.
+                Some((old_base, old_len)) => match remap(old_base, old_len, len) {
+                    Some(base) => (base, len, false),
+                    None => {
+                        unmap(old_base, old_len);
+                        (
+                            os::map_aligned(len, PAGE_SIZE)?.as_ptr() as usize,
+                            len,
+                            true,
+                        )
+                    }
+                },
+                None => (
+                    os::map_aligned(len, align.max(PAGE_SIZE))?.as_ptr() as usize,
+                    len,
+                    true,
+                ),
             }
-            p.as_ptr()
         }
-        None => ptr::null_mut(),
+    };
+    let p = (base + offset) as *mut u8;
+    // SAFETY: `[base, base + len)` is ours and `p - size_of::<Header>()` lies inside it.
+    unsafe {
+        header(p).write(Header { base, len });
+        if zero && !fresh {
+            ptr::write_bytes(p, 0, size);
+        }
     }
+    Some((p, len))
 }
 
-/// Frees a large block.
+/// Frees a large block; returns its mapping length.
 ///
 /// # Safety
-/// `p` came from `alloc`/`realloc` here with this `size` and is no longer used.
-pub unsafe fn free(cache: &LargeCache, p: *mut u8, size: usize) {
-    // A live block's size had a valid length when it was allocated.
-    let Some(len) = mapped_len(size) else { return };
-    // SAFETY: the caller gives back a whole live mapping.
-    unsafe { cache.put(NonNull::new_unchecked(p), len) };
+/// `p` came from `alloc`/`realloc` here and is no longer used.
+pub unsafe fn free(cache: &LargeCache, p: *mut u8) -> usize {
+    // SAFETY: caller promise: `p` is a live large block with its header.
+    let Header { base, len } = unsafe { header(p).read() };
+    cache.put(base, len);
+    len
 }
 
-/// Resizes a large block to another large size; null (old block untouched) on failure.
+/// Resizes a large block to another large size. Returns the block and its old and new mapping
+/// lengths; `None` (old block untouched) on failure.
 ///
 /// # Safety
-/// As for `free`; `align` is the block's alignment.
+/// As for `free`; `align` is the block's alignment and `old` its size.
 pub unsafe fn realloc(
     cache: &LargeCache,
     p: *mut u8,
     old: usize,
     new: usize,
     align: usize,
-) -> *mut u8 {
-    let (Some(old_len), Some(new_len)) = (mapped_len(old), mapped_len(new)) else {
-        return ptr::null_mut();
-    };
-    if old_len == new_len {
-        return p;
-    }
-    if align <= PAGE_SIZE {
-        // SAFETY: `p` is a whole live mapping of `old_len` bytes (caller's promise).
-        return match os::remap(unsafe { NonNull::new_unchecked(p) }, old_len, new_len) {
-            Some(q) => q.as_ptr(),
-            None => ptr::null_mut(),
-        };
-    }
-    let q = alloc(cache, new, align, false);
-    if !q.is_null() {
-        // SAFETY: both blocks are live, distinct mappings of at least `min(old, new)` bytes.
-        unsafe {
-            ptr::copy_nonoverlapping(p, q, old.min(new));
-            free(cache, p, old);
+) -> Option<(*mut u8, usize, usize)> {
+    // SAFETY: caller promise: `p` is a live large block with its header.
+    let Header { base, len } = unsafe { header(p).read() };
+    let offset = p as usize - base;
+    let need = offset.checked_add(new)?;
+    if need <= len {
+        // Fits in the mapping. Give back the tail if most of it would be unused.
+        let shrunk = class_len(need)?;
+        if shrunk <= len / 2 {
+            // SAFETY: `base` starts a whole live mapping; shrinking keeps the block's data.
+            let mapping = unsafe { NonNull::new_unchecked(base as *mut u8) };
+            if let Some(q) = os::remap(mapping, len, shrunk) {
+                debug_assert_eq!(
+                    q.as_ptr() as usize,
+                    base,
+                    "mremap never moves a shrinking mapping"
+                );
+                // SAFETY: the header is still inside the mapping.
+                unsafe { (*header(p)).len = shrunk };
+                return Some((p, len, shrunk));
+            }
         }
+        return Some((p, len, len));
     }
-    q
+    let new_len = class_len(need)?;
+    if align <= PAGE_SIZE {
+        // SAFETY: `[base, base + len)` is a whole live mapping; MREMAP_MAYMOVE keeps its contents.
+        let q = os::remap(
+            unsafe { NonNull::new_unchecked(base as *mut u8) },
+            len,
+            new_len,
+        )?;
+        let base = q.as_ptr() as usize;
+        let np = (base + offset) as *mut u8;
+        // SAFETY: the header moved with the mapping and is inside it; the mapping may have moved.
+        unsafe { header(np).write(Header { base, len: new_len }) };
+        return Some((np, len, new_len));
+    }
+    // mremap may move to an address without the alignment: allocate, copy, free.
+    let (q, q_len) = alloc(cache, new, align, false)?;
+    // SAFETY: both blocks are live, distinct mappings of at least `min(old, new)` bytes.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(new));
+        free(cache, p);
+    }
+    Some((q, len, q_len))
 }

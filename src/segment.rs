@@ -36,6 +36,29 @@ pub struct Block {
     pub next: *mut Block,
 }
 
+/// A chain of blocks being built, in order.
+struct Chain {
+    head: *mut Block,
+    tail: *mut Block,
+}
+
+impl Chain {
+    /// # Safety
+    /// `b` is a free block (at least 8 bytes, 8-aligned) that no list holds.
+    unsafe fn push(&mut self, b: *mut Block) {
+        // SAFETY: caller promise; `tail` is the previous block of this chain.
+        unsafe {
+            (*b).next = ptr::null_mut();
+            if self.tail.is_null() {
+                self.head = b;
+            } else {
+                (*self.tail).next = b;
+            }
+        }
+        self.tail = b;
+    }
+}
+
 /// One page's metadata, inside its segment's header.
 ///
 /// Invariants, for a page in use (`class != NO_CLASS`):
@@ -52,6 +75,8 @@ pub struct Page {
     pub block_size: u32,
     pub class: u8,
     pub in_queue: bool,
+    /// A small page whose emptiness was counted in its heap's dirty bytes and not yet taken back.
+    pub empty_dirty: bool,
     pub free_mask: u64,
     pub purged_mask: u64,
     pub next: *mut Page,
@@ -72,79 +97,95 @@ impl Page {
         size_class::is_medium(self.class as usize)
     }
 
-    /// Takes up to `max` blocks into a chain; returns (head, tail, count).
+    /// Takes up to `max` blocks into a chain; returns (head, tail, count, bytes that were counted
+    /// as dirty and are in use again).
     ///
     /// # Safety
     /// The page is in use and owned by the calling thread's heap.
-    pub unsafe fn take(&mut self, max: u32) -> (*mut Block, *mut Block, u32) {
-        let mut head: *mut Block = ptr::null_mut();
-        let mut tail: *mut Block = ptr::null_mut();
-        let mut n = 0;
-        let mut push = |b: *mut Block| {
-            // SAFETY: `b` is a free block of this page, at least 8 bytes and 8-aligned.
-            unsafe { (*b).next = ptr::null_mut() };
-            if tail.is_null() {
-                head = b;
-            } else {
-                // SAFETY: `tail` is the previous block of the chain being built.
-                unsafe { (*tail).next = b };
-            }
-            tail = b;
+    pub unsafe fn take(&mut self, max: u32) -> (*mut Block, *mut Block, u32, usize) {
+        let mut redirtied = 0;
+        if self.empty_dirty {
+            self.empty_dirty = false;
+            redirtied += 1 << (self.block_size as usize * self.capacity as usize).ilog2();
+        }
+        let mut chain = Chain {
+            head: ptr::null_mut(),
+            tail: ptr::null_mut(),
         };
+        let mut n = 0;
         if self.is_medium() {
             while n < max && self.free_mask != 0 {
                 let i = self.free_mask.trailing_zeros();
                 self.free_mask &= self.free_mask - 1;
+                if self.purged_mask & (1u64 << i) == 0 {
+                    redirtied += self.block_size as usize;
+                }
                 self.purged_mask &= !(1u64 << i);
-                push(
-                    self.start
-                        .wrapping_add(i as usize * self.block_size as usize)
-                        .cast(),
-                );
+                // SAFETY: block `i` is a free block of this page.
+                unsafe {
+                    chain.push(
+                        self.start
+                            .wrapping_add(i as usize * self.block_size as usize)
+                            .cast(),
+                    )
+                };
                 n += 1;
             }
         } else {
-            while n < max && !self.free.is_null() {
-                let b = self.free;
-                // SAFETY: blocks on `free` are free blocks of this page holding a valid link.
-                self.free = unsafe { (*b).next };
-                push(b);
-                n += 1;
+            if !self.free.is_null() && max > 0 {
+                // Detach up to `max` blocks of the free list by walking its links: no relinking.
+                chain.head = self.free;
+                chain.tail = self.free;
+                n = 1;
+                // SAFETY: blocks on `free` are free blocks of this page holding valid links.
+                unsafe {
+                    while n < max && !(*chain.tail).next.is_null() {
+                        chain.tail = (*chain.tail).next;
+                        n += 1;
+                    }
+                    self.free = (*chain.tail).next;
+                    (*chain.tail).next = ptr::null_mut();
+                }
             }
             while n < max && self.bump < self.capacity {
-                push(
-                    self.start
-                        .wrapping_add(self.bump as usize * self.block_size as usize)
-                        .cast(),
-                );
+                let b = self
+                    .start
+                    .wrapping_add(self.bump as usize * self.block_size as usize);
+                // SAFETY: blocks at or past `bump` were never handed out: fresh memory of this page.
+                unsafe { chain.push(b.cast()) };
                 self.bump += 1;
                 n += 1;
             }
         }
         self.used += n;
-        (head, tail, n)
+        (chain.head, chain.tail, n, redirtied)
     }
 
-    /// Returns one block to the page. Returns true if the page is now empty.
+    /// Returns a chain of `n` blocks of this page. Returns true if the page is now empty.
     ///
     /// # Safety
-    /// `b` is a block of this page that was handed out (counted in `used`) and is no longer used.
-    #[inline]
-    pub unsafe fn put(&mut self, b: *mut Block) -> bool {
-        debug_assert!(self.used > 0);
+    /// Every block of the chain `head..=tail` belongs to this page, was handed out, and is unused.
+    pub unsafe fn put_chain(&mut self, head: *mut Block, tail: *mut Block, n: u32) -> bool {
+        debug_assert!(self.used >= n);
         if self.is_medium() {
-            let i = (b as usize - self.start as usize) / self.block_size as usize;
-            debug_assert!(
-                self.free_mask & (1 << i) == 0,
-                "double free of a medium block"
-            );
-            self.free_mask |= 1u64 << i;
+            let mut b = head;
+            while !b.is_null() {
+                // SAFETY: `b` is a block of the chain, so its link is valid.
+                let next = unsafe { (*b).next };
+                let i = (b as usize - self.start as usize) / self.block_size as usize;
+                debug_assert!(
+                    self.free_mask & (1 << i) == 0,
+                    "double free of a medium block"
+                );
+                self.free_mask |= 1u64 << i;
+                b = next;
+            }
         } else {
-            // SAFETY: the caller gives the block back; its first word becomes our link.
-            unsafe { (*b).next = self.free };
-            self.free = b;
+            // SAFETY: `tail` ends the chain; splice the whole chain in front of `free`.
+            unsafe { (*tail).next = self.free };
+            self.free = head;
         }
-        self.used -= 1;
+        self.used -= n;
         self.used == 0
     }
 
@@ -254,6 +295,7 @@ impl Segment {
             block_size: bs as u32,
             class: class as u8,
             in_queue: false,
+            empty_dirty: false,
             free_mask: 0,
             purged_mask: 0,
             next: ptr::null_mut(),

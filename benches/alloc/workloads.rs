@@ -209,6 +209,9 @@ fn peak_rss_of_child(f: impl FnOnce()) -> u64 {
         let mut status = 0;
         let mut usage: libc::rusage = std::mem::zeroed();
         libc::wait4(pid, &mut status, 0, &mut usage);
+        if std::env::var_os("ALLOC_BENCH_FAULTS").is_some() {
+            eprintln!("minflt {}", usage.ru_minflt);
+        }
         usage.ru_maxrss as u64 // KiB
     }
 }
