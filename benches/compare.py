@@ -4,6 +4,7 @@ rounds, and prints median ratios measured side by side.
 
     python3 benches/compare.py --rounds 3          # timings, peak memory, release-to-OS
     python3 benches/compare.py --rounds 1 --only pair
+    python3 benches/compare.py --stats-overhead --rounds 3   # perfalloc with vs without stats
 
 A ratio is other allocator's time / perfalloc's time, per round, then the median over rounds:
 above 1.00 perfalloc is faster. Peak memory is the child's peak resident set per workload.
@@ -16,14 +17,17 @@ CRIT = ROOT / "target" / "criterion"
 
 
 def bench(alloc, extra, env=None):
-    cmd = ["cargo", "bench", "-q", "--bench", f"alloc_{alloc}", "--"] + extra
+    features = []
+    if alloc == "perfalloc-nostats":
+        alloc, features = "perfalloc", ["--no-default-features"]
+    cmd = ["cargo", "bench", "-q", "--bench", f"alloc_{alloc}"] + features + ["--"] + extra
     return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, check=True,
                           capture_output=True, text=True).stdout
 
 
 def estimates(alloc):
     out = {}
-    for f in CRIT.glob(f"**/{alloc}/**/new/estimates.json"):
+    for f in CRIT.glob("**/new/estimates.json"):
         parts = f.relative_to(CRIT).parts  # group, alloc, [param], new, estimates.json
         if parts[1] != alloc:
             continue
@@ -43,11 +47,18 @@ def main():
     ap.add_argument("--warm-up", default="1")
     ap.add_argument("--measure", default="2")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--stats-overhead", action="store_true",
+                    help="compare perfalloc with and without the stats feature instead")
     args = ap.parse_args()
+    global ALLOCS
+    if args.stats_overhead:
+        ALLOCS = ["perfalloc", "perfalloc-nostats"]
+        args.skip_memory = True
     rounds = []
     for r in range(args.rounds):
         res = {}
-        order = ALLOCS[r % 4:] + ALLOCS[:r % 4]  # rotate the order between rounds
+        k = r % len(ALLOCS)
+        order = ALLOCS[k:] + ALLOCS[:k]  # rotate the order between rounds
         for a in order:
             extra = ["--warm-up-time", args.warm_up, "--measurement-time", args.measure]
             if args.only:
@@ -59,8 +70,9 @@ def main():
     names = sorted(set(rounds[0]["perfalloc"]))
     if args.only:
         names = [n for n in names if args.only in n]
-    print(f"\n| workload | perfalloc | vs System | vs mimalloc | vs jemalloc |  ({args.rounds} rounds, median)")
-    print("|---|---|---|---|---|")
+    print(f"\n| workload | perfalloc | " + " | ".join(f"vs {a}" for a in ALLOCS[1:])
+          + f" |  ({args.rounds} rounds, median of per-round ratios)")
+    print("|---|---|" + "---|" * (len(ALLOCS) - 1))
     for n in names:
         perf = statistics.median(r["perfalloc"][n] for r in rounds)
         cells = []
