@@ -4,11 +4,15 @@
 //! read-modify-write), and any thread may read it; readers sum heaps to get process figures. The
 //! public API over these numbers is in `stats`.
 //!
-//! **Net bytes and peaks.** `net` is bytes allocated minus bytes freed by the owning thread. The
-//! thread's own peak is exact: the fast path compares `net` with `hi_mark <= peak`, and the cold
+//! **Net bytes and peaks.** `net()` is bytes allocated minus bytes freed by the owning thread. An
+//! fast path keeps two owner-only *rooms* instead of comparing `net` with marks: `alloc_room` is how
+//! far `net` may rise before the next mark, `free_room` how far it may fall; an allocation takes
+//! from one and gives to the other, and a room going negative sends the operation to the slow
+//! path. That is a subtract, a sign test and two adds per operation. The
+//! thread's own peak is exact: `alloc_room` never exceeds `peak - net`, and the cold
 //! path moves `peak`. The process-wide live total `LIVE` is the sum of what threads have
 //! *published*: a thread publishes when its `net` has moved by more than `PUBLISH_THRESHOLD` since
-//! its last publication (the same compare against `hi_mark`/`lo_mark`), so the fast path touches no
+//! its last publication (the same rooms), so the fast path touches no
 //! shared cache line. Hence at any moment `|LIVE - true live| <= threads * PUBLISH_THRESHOLD`, and
 //! the process peak `PEAK` (the maximum `LIVE` ever took) is within the same bound of the true peak;
 //! the memory limit is checked against `LIVE` at publication, with the same slack.
@@ -26,6 +30,7 @@ pub const PUBLISH_THRESHOLD: i64 = 128 * 1024;
 pub struct Counter(AtomicU64);
 
 impl Counter {
+    #[inline]
     pub const fn new() -> Self {
         Counter(AtomicU64::new(0))
     }
@@ -37,6 +42,7 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+    #[inline(always)]
     pub fn set(&self, v: u64) {
         self.0.store(v, Relaxed)
     }
@@ -44,12 +50,13 @@ impl Counter {
 
 /// Counters of one heap. All byte figures are requested sizes (what the program asked for).
 ///
-/// Invariants (owner's view): `lo_mark <= published <= ...`, `hi_mark == min(peak, published +
-/// PUBLISH_THRESHOLD)`, `lo_mark == published - PUBLISH_THRESHOLD`, `net <= peak`.
+/// Invariants (owner's view): `net() <= peak`; `alloc_room == min(peak, published +
+/// PUBLISH_THRESHOLD) - net()`; `free_room == net() - (published - PUBLISH_THRESHOLD)`; both rooms
+/// are `>= 0` between calls.
 pub struct ThreadCounters {
-    /// Bytes allocated minus bytes freed by this thread.
-    pub net: AtomicI64,
-    /// Bytes freed by this thread (allocated bytes are `net + freed`).
+    /// Bytes allocated by this thread (reallocations count their new size).
+    pub allocated: Counter,
+    /// Bytes freed by this thread (reallocations count their old size).
     pub freed: Counter,
     /// High-water mark of `net` since the heap was adopted or `reset_thread_peak`.
     pub peak: AtomicI64,
@@ -64,8 +71,11 @@ pub struct ThreadCounters {
     pub large_active: AtomicI64,
     /// Requested bytes of live large blocks allocated minus freed by this thread.
     pub large_live: AtomicI64,
-    hi_mark: Cell<i64>,
-    lo_mark: Cell<i64>,
+    /// `hi_mark - net()`: bytes this thread may allocate before its slow path must run, where
+    /// `hi_mark = min(peak, published + PUBLISH_THRESHOLD)`. Owner-only.
+    alloc_room: Cell<i64>,
+    /// `net() - lo_mark`, with `lo_mark = published - PUBLISH_THRESHOLD`. Owner-only.
+    free_room: Cell<i64>,
     published: Cell<i64>,
 }
 
@@ -108,7 +118,7 @@ pub static EXITED: Exited = Exited {
 impl ThreadCounters {
     pub const fn new() -> Self {
         ThreadCounters {
-            net: AtomicI64::new(0),
+            allocated: Counter::new(),
             freed: Counter::new(),
             peak: AtomicI64::new(0),
             reallocs: Counter::new(),
@@ -118,10 +128,16 @@ impl ThreadCounters {
             large_frees: Counter::new(),
             large_active: AtomicI64::new(0),
             large_live: AtomicI64::new(0),
-            hi_mark: Cell::new(0),
-            lo_mark: Cell::new(-PUBLISH_THRESHOLD),
+            alloc_room: Cell::new(0),
+            free_room: Cell::new(PUBLISH_THRESHOLD),
             published: Cell::new(0),
         }
+    }
+
+    /// Bytes allocated minus bytes freed by this thread.
+    #[inline(always)]
+    pub fn net(&self) -> i64 {
+        self.allocated.get().wrapping_sub(self.freed.get()) as i64
     }
 
     /// Fast path of an allocation of `size` bytes: true if it was accounted without crossing a
@@ -129,11 +145,13 @@ impl ThreadCounters {
     #[inline(always)]
     pub fn try_alloc_fast(&self, size: usize) -> bool {
         if cfg!(feature = "stats") {
-            let net = self.net.load(Relaxed) + size as i64;
-            if net > self.hi_mark.get() {
+            let room = self.alloc_room.get() - size as i64;
+            if room < 0 {
                 return false;
             }
-            self.net.store(net, Relaxed);
+            self.alloc_room.set(room);
+            self.free_room.set(self.free_room.get() + size as i64);
+            self.allocated.add(size as u64);
         }
         true
     }
@@ -142,11 +160,12 @@ impl ThreadCounters {
     #[inline(always)]
     pub fn try_free_fast(&self, size: usize) -> bool {
         if cfg!(feature = "stats") {
-            let net = self.net.load(Relaxed) - size as i64;
-            if net < self.lo_mark.get() {
+            let room = self.free_room.get() - size as i64;
+            if room < 0 {
                 return false;
             }
-            self.net.store(net, Relaxed);
+            self.free_room.set(room);
+            self.alloc_room.set(self.alloc_room.get() + size as i64);
             self.freed.add(size as u64);
         }
         true
@@ -157,19 +176,19 @@ impl ThreadCounters {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&self, size: usize) -> bool {
-        self.change(size as i64, 0)
+        self.change(size as u64, 0)
     }
 
     /// Accounts a free of `size` bytes, publishing if needed.
     #[cold]
     #[inline(never)]
     pub fn free_slow(&self, size: usize) {
-        self.change(-(size as i64), size as u64);
+        self.change(0, size as u64);
     }
 
     /// Accounts a `realloc` from `old` to `new` bytes; false (nothing changed) if over the limit.
     pub fn realloc(&self, old: usize, new: usize) -> bool {
-        if !self.change(new as i64 - old as i64, old as u64) {
+        if !self.change(new as u64, old as u64) {
             return false;
         }
         if cfg!(feature = "stats") {
@@ -178,20 +197,31 @@ impl ThreadCounters {
         true
     }
 
-    /// Undoes an allocation accounted by `try_alloc_fast`/`alloc_slow` that then failed.
-    pub fn undo_alloc(&self, size: usize) {
+    /// Undoes the accounting of a `realloc` from `old` to `new` bytes whose memory operation failed.
+    pub fn undo_realloc(&self, old: usize, new: usize) {
         if cfg!(feature = "stats") {
-            self.net
-                .store(self.net.load(Relaxed) - size as i64, Relaxed);
+            self.allocated
+                .set(self.allocated.get().wrapping_sub(new as u64));
+            self.freed.set(self.freed.get().wrapping_sub(old as u64));
+            self.reallocs.set(self.reallocs.get().wrapping_sub(1));
             self.refresh_marks();
         }
     }
 
-    fn change(&self, delta: i64, freed: u64) -> bool {
+    /// Undoes an allocation accounted by `try_alloc_fast`/`alloc_slow` that then failed.
+    pub fn undo_alloc(&self, size: usize) {
+        if cfg!(feature = "stats") {
+            self.allocated
+                .set(self.allocated.get().wrapping_sub(size as u64));
+            self.refresh_marks();
+        }
+    }
+
+    fn change(&self, allocated: u64, freed: u64) -> bool {
         if !cfg!(feature = "stats") {
             return true;
         }
-        let net = self.net.load(Relaxed) + delta;
+        let net = self.net() + allocated as i64 - freed as i64;
         let unpublished = net - self.published.get();
         if !(-PUBLISH_THRESHOLD..=PUBLISH_THRESHOLD).contains(&unpublished) {
             if unpublished > 0 {
@@ -204,7 +234,7 @@ impl ThreadCounters {
             PEAK.fetch_max(live, Relaxed);
             self.published.set(net);
         }
-        self.net.store(net, Relaxed);
+        self.allocated.add(allocated);
         self.freed.add(freed);
         if net > self.peak.load(Relaxed) {
             self.peak.store(net, Relaxed);
@@ -215,14 +245,15 @@ impl ThreadCounters {
 
     fn refresh_marks(&self) {
         let published = self.published.get();
-        self.hi_mark
-            .set(self.peak.load(Relaxed).min(published + PUBLISH_THRESHOLD));
-        self.lo_mark.set(published - PUBLISH_THRESHOLD);
+        let net = self.net();
+        let hi_mark = self.peak.load(Relaxed).min(published + PUBLISH_THRESHOLD);
+        self.alloc_room.set(hi_mark - net);
+        self.free_room.set(net - (published - PUBLISH_THRESHOLD));
     }
 
     /// Sets the thread peak to the current net bytes; returns the old peak.
     pub fn reset_peak(&self) -> i64 {
-        let old = self.peak.swap(self.net.load(Relaxed), Relaxed);
+        let old = self.peak.swap(self.net(), Relaxed);
         self.refresh_marks();
         old
     }
@@ -238,7 +269,7 @@ impl ThreadCounters {
     /// Moves everything into `EXITED` and the published total, leaving the counters at zero.
     /// Called by the owner as its thread exits, under the registry lock.
     pub fn fold_into_exited(&self, class_allocs: &[Counter], class_frees: &[Counter]) {
-        let net = self.net.load(Relaxed);
+        let net = self.net();
         LIVE.fetch_add(net - self.published.get(), Relaxed);
         EXITED.net.fetch_add(net, Relaxed);
         EXITED.freed.fetch_add(self.freed.get(), Relaxed);
@@ -267,7 +298,7 @@ impl ThreadCounters {
             a.set(0);
             f.set(0);
         }
-        self.net.store(0, Relaxed);
+        self.allocated.set(0);
         self.freed.set(0);
         self.peak.store(0, Relaxed);
         self.reallocs.set(0);

@@ -246,8 +246,7 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
                     q
                 }
                 None => {
-                    heap.counters.realloc(new, old);
-                    heap.counters.reallocs.add(u64::MAX); // the undo is not a realloc
+                    heap.counters.undo_realloc(old, new);
                     ptr::null_mut()
                 }
             };

@@ -160,7 +160,7 @@ impl Totals {
 
     fn add_heap(&mut self, h: &Heap) {
         let c = &h.counters;
-        self.net += c.net.load(Relaxed);
+        self.net += c.net();
         self.freed += c.freed.get();
         self.reallocs += c.reallocs.get();
         self.realloc_allocs += c.realloc_allocs.get();
