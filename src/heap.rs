@@ -39,6 +39,7 @@
 use crate::counters::{Counter, ThreadCounters};
 use crate::large::{self, LargeCache};
 use crate::os;
+use crate::remote::RemoteList;
 use crate::segment::{self, Block, Page, Segment, MEDIUM_PAGE_SHIFT, NO_CLASS, SMALL_PAGE_SHIFT};
 use crate::size_class::{self, CLASSES};
 use crate::sync::SpinLock;
@@ -98,8 +99,8 @@ pub struct Heap {
     next_all: Cell<*mut Heap>,
     /// Next heap in the orphan list (under the registry lock).
     next_orphan: Cell<*mut Heap>,
-    /// Blocks of this heap freed by other threads (see the module docs).
-    remote: CachePadded<AtomicPtr<Block>>,
+    /// Blocks of this heap freed by other threads (see the module docs and `remote`).
+    remote: CachePadded<RemoteList<Block>>,
 }
 
 // SAFETY: see the struct docs: Cells are owner-only, shared fields are atomics.
@@ -118,7 +119,7 @@ impl Heap {
             state: Cell::new(state),
             next_all: Cell::new(ptr::null_mut()),
             next_orphan: Cell::new(ptr::null_mut()),
-            remote: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
+            remote: CachePadded::new(RemoteList::new()),
         }
     }
 
@@ -479,25 +480,17 @@ fn push_remote((owner, head, tail): (*mut Heap, *mut Block, *mut Block)) {
     if owner.is_null() {
         return;
     }
-    // SAFETY: heaps are never freed, so `owner` is valid.
-    let remote = unsafe { &(*owner).remote };
-    let mut old = remote.load(Ordering::Relaxed);
-    loop {
-        // SAFETY: the chain is ours until the CAS publishes it.
-        unsafe { (*tail).next = old };
-        match remote.compare_exchange_weak(old, head, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(cur) => old = cur,
-        }
-    }
+    // SAFETY: heaps are never freed, so `owner` is valid; the chain's blocks are unused and stay
+    // counted as used by their pages until the owner takes them.
+    unsafe { (*owner).remote.push_chain(head, tail) };
 }
 
 /// Puts back blocks other threads freed into our pages.
 fn drain_remote(heap: &Heap) {
-    if heap.remote.load(Ordering::Relaxed).is_null() {
+    if heap.remote.is_empty() {
         return;
     }
-    let b = heap.remote.swap(ptr::null_mut(), Ordering::Acquire);
+    let b = heap.remote.take_all();
     // SAFETY: the Acquire swap makes the pushers' links visible; every block is of our pages and
     // was freed by its user.
     unsafe { give_back(heap, b) };

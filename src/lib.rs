@@ -6,27 +6,46 @@
 )]
 #![warn(missing_docs)]
 
+#[cfg(not(loom))]
 pub mod aligned;
+#[cfg(not(loom))]
 pub mod buffer;
+#[cfg(not(loom))]
 mod counters;
+#[cfg(not(loom))]
 mod global;
+#[cfg(not(loom))]
 mod heap;
+#[cfg(not(loom))]
 mod large;
+#[cfg(not(loom))]
 pub mod mmap;
+#[cfg(not(loom))]
 mod os;
+#[cfg(not(loom))]
 pub mod pool;
+#[cfg(loom)]
+pub mod remote;
+#[cfg(not(loom))]
+mod remote;
+#[cfg(not(loom))]
 mod segment;
+#[cfg(not(loom))]
 mod size_class;
+#[cfg(not(loom))]
 mod stats;
+#[cfg_attr(loom, allow(dead_code))]
 mod sync;
 
+#[cfg(not(loom))]
 pub use global::PerfAlloc;
+#[cfg(not(loom))]
 pub use stats::{
     limit, measure, reset_peak, reset_thread_peak, set_limit, stats, thread_stats, trim,
     ClassStats, LargeStats, Measurement, Stats, ThreadStats, PUBLISH_THRESHOLD,
 };
 
 // The crate's own unit tests run on the allocator they test.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 #[global_allocator]
 static TEST_GLOBAL: PerfAlloc = PerfAlloc::new();

@@ -36,6 +36,13 @@ pub struct Block {
     pub next: *mut Block,
 }
 
+impl crate::remote::Link for Block {
+    unsafe fn set_next(this: *mut Self, next: *mut Self) {
+        // SAFETY: caller promise: `this` is a block nobody else is accessing.
+        unsafe { (*this).next = next };
+    }
+}
+
 /// A chain of blocks being built, in order.
 struct Chain {
     head: *mut Block,

@@ -3,6 +3,15 @@
 //! allocation). Every use is amortized over many allocations: acquiring segments, registering
 //! threads, reading statistics.
 
+/// The atomics of lock-free code that loom checks: loom's under `--cfg loom`, core's otherwise.
+pub mod atomic {
+    #[cfg(loom)]
+    pub use loom::sync::atomic::{AtomicPtr, Ordering};
+
+    #[cfg(not(loom))]
+    pub use core::sync::atomic::{AtomicPtr, Ordering};
+}
+
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
