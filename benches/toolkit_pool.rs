@@ -5,7 +5,7 @@
 //! give it back. The fresh-allocation baselines call each allocator's `GlobalAlloc` methods
 //! directly (`alloc` + `dealloc` with `Layout::array::<u8>(size)`, which is exactly what
 //! `Vec::with_capacity(size)` and its drop do), so one binary can compare `System`, `PerfAlloc`,
-//! mimalloc and jemalloc. See benches/README-toolkit.md.
+//! mimalloc and jemalloc. See benches/README.md.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;

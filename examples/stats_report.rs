@@ -19,7 +19,8 @@ fn main() {
                 let records: Vec<Vec<u8>> = (0..50_000)
                     .map(|i| vec![t as u8; 16 + (i * 37) % 2000])
                     .collect();
-                let blob = vec![0u8; 8 << 20]; // one large buffer per thread
+                // black_box: an allocation nobody reads may otherwise be optimised away.
+                let blob = std::hint::black_box(vec![0u8; 8 << 20]); // one large buffer per thread
                 at_peak.wait();
                 done.wait();
                 drop(blob);

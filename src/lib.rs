@@ -1,4 +1,4 @@
-//! perfalloc: a fast thread-caching global allocator with always-on statistics.
+#![doc = include_str!("../README.md")]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

@@ -3,7 +3,7 @@
 //! Reading a file through a map costs no copy into a user buffer and no allocation of the
 //! file's size: pages come from the page cache on first touch. For a 256 MiB file in the page
 //! cache, opening it and reading every byte took 1/14 of the time of `std::fs::read` + the same
-//! read (see `docs/TOOLKIT.md`). It does not help for small files (the `mmap`/`munmap` calls
+//! read (see the README's Toolkit section). It does not help for small files (the `mmap`/`munmap` calls
 //! cost more than reading a few KiB) or on media where a page fault is slow.
 //!
 //! # The caveat every memory map has

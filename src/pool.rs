@@ -2,9 +2,9 @@
 //! [`ObjectPool`] (any expensive-to-build object, with a reset step).
 //!
 //! A pool is worth it when what it saves (an allocation, page faults on fresh memory, an
-//! expensive constructor) costs more than its own bookkeeping. `docs/TOOLKIT.md` gives the
-//! measured crossover points; in short, against a fast allocator a byte-buffer pool pays off for
-//! large buffers (256 KiB and up in our measurements) and loses for small ones (4-8x slower at
+//! expensive constructor) costs more than its own bookkeeping. The README's Toolkit section gives
+//! the measured crossover points; in short, against a fast allocator a byte-buffer pool pays off
+//! for large buffers (256 KiB and up in our measurements) and loses for small ones (4-12x slower at
 //! 64 B), and an object pool pays off when building the object allocates several times or
 //! fills a lot of memory, and loses for objects one small allocation builds.
 //!
