@@ -402,27 +402,28 @@ fn refill(heap: &Heap, class: usize) -> bool {
     }
 }
 
-/// Sends the oldest blocks of a bin, keeping `keep`, back to their pages or owners.
+/// Sends all but `keep` blocks of a bin back to their pages or owners: the newest ones, which were
+/// freed last and are still in cache. The blocks that stay are not touched at all.
 fn flush(heap: &Heap, class: usize, keep: u32) {
     let bin = &heap.bins[class];
-    let mut rest = bin.head.get();
-    if keep > 0 {
-        let mut last = rest;
-        for _ in 1..keep {
-            // SAFETY: the bin holds `count > keep` linked blocks.
-            last = unsafe { (*last).next };
-        }
-        // SAFETY: `last` is the keep-th block of the bin.
-        unsafe {
-            rest = (*last).next;
-            (*last).next = ptr::null_mut();
-        }
-    } else {
-        bin.head.set(ptr::null_mut());
+    let count = bin.count.get();
+    let n = count - keep.min(count);
+    if n == 0 {
+        return;
     }
-    bin.count.set(keep.min(bin.count.get()));
-    // SAFETY: `rest` is a chain of blocks the bin no longer holds.
-    unsafe { give_back(heap, rest) };
+    let head = bin.head.get();
+    let mut last = head;
+    // SAFETY: the bin holds `count >= n` linked blocks; `last` ends up at the n-th.
+    unsafe {
+        for _ in 1..n {
+            last = (*last).next;
+        }
+        bin.head.set((*last).next);
+        (*last).next = ptr::null_mut();
+    }
+    bin.count.set(count - n);
+    // SAFETY: `head ..= last` is a chain of blocks the bin no longer holds.
+    unsafe { give_back(heap, head) };
 }
 
 /// Returns a chain of blocks to their pages: ours directly, others' through their remote lists.

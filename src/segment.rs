@@ -113,7 +113,7 @@ impl Page {
         let mut redirtied = 0;
         if self.empty_dirty {
             self.empty_dirty = false;
-            redirtied += 1 << (self.block_size as usize * self.capacity as usize).ilog2();
+            redirtied += 1 << SMALL_PAGE_SHIFT; // what `put_run` added when the page emptied
         }
         let mut chain = Chain {
             head: ptr::null_mut(),
