@@ -977,3 +977,38 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     fork_parent();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Emptying a page adds its size to the dirty bytes and reusing it takes the same amount off,
+    /// so filling and emptying the same pages over and over must not make the total creep up
+    /// (when it did, the heap purged and re-faulted memory in constant use).
+    #[test]
+    fn dirty_bytes_do_not_creep_under_steady_reuse() {
+        std::thread::spawn(|| {
+            const N: usize = 20_000;
+            let mut ptrs = Vec::with_capacity(N); // a large block: not on the pages measured
+            let mut dirty_after_free = Vec::new();
+            for _ in 0..10 {
+                ptrs.extend((0..N).map(|_| alloc(24, 8)));
+                assert!(ptrs.iter().all(|p| !p.is_null()));
+                for p in ptrs.drain(..) {
+                    // SAFETY: allocated just above with this size and alignment.
+                    unsafe { free(p, 24, 8) };
+                }
+                dirty_after_free.push(current().dirty_bytes.get());
+            }
+            // N blocks of 24 B fill 8 pages of 64 KiB; the dirty total may cover those pages
+            // (and a few more, for blocks that other tests' threads left in this heap).
+            let bound = 12 << SMALL_PAGE_SHIFT;
+            assert!(
+                dirty_after_free.iter().all(|&d| d <= bound),
+                "dirty bytes crept up over the cycles: {dirty_after_free:?}"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+}
