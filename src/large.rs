@@ -235,9 +235,10 @@ pub unsafe fn realloc(
     let offset = p as usize - base;
     let need = offset.checked_add(new)?;
     if need <= len {
-        // Fits in the mapping. Give back the tail if most of it would be unused.
+        // Fits in the mapping. When the block shrinks, give back the tail if most of it would be
+        // unused; a growing block keeps it (a Vec that doubles will want it next).
         let shrunk = class_len(need)?;
-        if shrunk <= len / 2 {
+        if new < old && shrunk <= len / 2 {
             // SAFETY: `base` starts a whole live mapping; shrinking keeps the block's data.
             let mapping = unsafe { NonNull::new_unchecked(base as *mut u8) };
             if let Some(q) = os::remap(mapping, len, shrunk) {
