@@ -86,7 +86,7 @@ pub static PEAK: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
 /// Live-byte limit (`u64::MAX` for none).
 pub static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Totals folded in from heaps whose threads exited (and from the post-exit fallback heap's users).
+/// Totals folded in from heaps whose threads exited.
 pub struct Exited {
     pub net: AtomicI64,
     pub freed: AtomicU64,
@@ -171,12 +171,25 @@ impl ThreadCounters {
         true
     }
 
-    /// Accounts an allocation of `size` bytes, publishing if needed. Returns false, changing
-    /// nothing, if the memory limit forbids it.
+    /// Whether the memory limit admits `bytes` more now. Checked before the memory is obtained,
+    /// so that a refused or failed request changes no figure. Only a request that would make the
+    /// thread publish is checked (see the module docs for the slack this gives).
+    pub fn admits(&self, bytes: usize) -> bool {
+        let limit = LIMIT.load(Relaxed);
+        if !cfg!(feature = "stats") || limit == u64::MAX {
+            return true;
+        }
+        let unpublished = (self.net() - self.published.get()).saturating_add(bytes as i64);
+        unpublished <= PUBLISH_THRESHOLD
+            || LIVE.load(Relaxed).saturating_add(unpublished) <= limit as i64
+    }
+
+    /// Accounts an allocation of `size` bytes that was obtained (after `admits`), publishing if
+    /// needed.
     #[cold]
     #[inline(never)]
-    pub fn alloc_slow(&self, size: usize) -> bool {
-        self.change(size as u64, 0)
+    pub fn alloc_slow(&self, size: usize) {
+        self.change(size as u64, 0);
     }
 
     /// Accounts a free of `size` bytes, publishing if needed.
@@ -186,50 +199,21 @@ impl ThreadCounters {
         self.change(0, size as u64);
     }
 
-    /// Accounts a `realloc` from `old` to `new` bytes; false (nothing changed) if over the limit.
-    pub fn realloc(&self, old: usize, new: usize) -> bool {
-        if !self.change(new as u64, old as u64) {
-            return false;
-        }
+    /// Accounts a `realloc` from `old` to `new` bytes that succeeded.
+    pub fn realloc(&self, old: usize, new: usize) {
+        self.change(new as u64, old as u64);
         if cfg!(feature = "stats") {
             self.reallocs.add(1);
         }
-        true
     }
 
-    /// Undoes the accounting of a `realloc` from `old` to `new` bytes whose memory operation failed.
-    pub fn undo_realloc(&self, old: usize, new: usize) {
-        if cfg!(feature = "stats") {
-            self.allocated
-                .set(self.allocated.get().wrapping_sub(new as u64));
-            self.freed.set(self.freed.get().wrapping_sub(old as u64));
-            self.reallocs.set(self.reallocs.get().wrapping_sub(1));
-            self.refresh_marks();
-        }
-    }
-
-    /// Undoes an allocation accounted by `try_alloc_fast`/`alloc_slow` that then failed.
-    pub fn undo_alloc(&self, size: usize) {
-        if cfg!(feature = "stats") {
-            self.allocated
-                .set(self.allocated.get().wrapping_sub(size as u64));
-            self.refresh_marks();
-        }
-    }
-
-    fn change(&self, allocated: u64, freed: u64) -> bool {
+    fn change(&self, allocated: u64, freed: u64) {
         if !cfg!(feature = "stats") {
-            return true;
+            return;
         }
         let net = self.net() + allocated as i64 - freed as i64;
         let unpublished = net - self.published.get();
         if !(-PUBLISH_THRESHOLD..=PUBLISH_THRESHOLD).contains(&unpublished) {
-            if unpublished > 0 {
-                let limit = LIMIT.load(Relaxed);
-                if limit != u64::MAX && LIVE.load(Relaxed) + unpublished > limit as i64 {
-                    return false;
-                }
-            }
             let live = LIVE.fetch_add(unpublished, Relaxed) + unpublished;
             PEAK.fetch_max(live, Relaxed);
             self.published.set(net);
@@ -240,7 +224,6 @@ impl ThreadCounters {
             self.peak.store(net, Relaxed);
         }
         self.refresh_marks();
-        true
     }
 
     fn refresh_marks(&self) {
@@ -266,9 +249,10 @@ impl ThreadCounters {
         self.refresh_marks();
     }
 
-    /// Moves everything into `EXITED` and the published total, leaving the counters at zero.
-    /// Called by the owner as its thread exits, under the registry lock.
-    pub fn fold_into_exited(&self, class_allocs: &[Counter], class_frees: &[Counter]) {
+    /// Moves everything into `EXITED` and the published total, leaving the counters (and the
+    /// per-class counters given) at zero. Called by the owner as its thread exits, under the
+    /// registry lock, so that `stats()` never sees a thread both in its heap and in `EXITED`.
+    pub fn fold_into_exited<'a>(&self, classes: impl Iterator<Item = (&'a Counter, &'a Counter)>) {
         let net = self.net();
         LIVE.fetch_add(net - self.published.get(), Relaxed);
         EXITED.net.fetch_add(net, Relaxed);
@@ -292,20 +276,24 @@ impl ThreadCounters {
         EXITED
             .large_live
             .fetch_add(self.large_live.load(Relaxed), Relaxed);
-        for (c, (a, f)) in class_allocs.iter().zip(class_frees).enumerate() {
+        for (c, (a, f)) in classes.enumerate() {
             EXITED.class_allocs[c].fetch_add(a.get(), Relaxed);
             EXITED.class_frees[c].fetch_add(f.get(), Relaxed);
             a.set(0);
             f.set(0);
         }
-        self.allocated.set(0);
-        self.freed.set(0);
+        for c in [
+            &self.allocated,
+            &self.freed,
+            &self.reallocs,
+            &self.realloc_allocs,
+        ] {
+            c.set(0);
+        }
+        for c in [&self.realloc_frees, &self.large_allocs, &self.large_frees] {
+            c.set(0);
+        }
         self.peak.store(0, Relaxed);
-        self.reallocs.set(0);
-        self.realloc_allocs.set(0);
-        self.realloc_frees.set(0);
-        self.large_allocs.set(0);
-        self.large_frees.set(0);
         self.large_active.store(0, Relaxed);
         self.large_live.store(0, Relaxed);
         self.published.set(0);

@@ -5,13 +5,13 @@
 //! a limit. `alloc` pops from the bin of the request's class; `dealloc` pushes onto it. The class
 //! comes from the `Layout`, which `dealloc` receives too, so a free needs no lookup at all. Neither
 //! touches a lock or an atomic read-modify-write: about 10 instructions each plus the statistics
-//! (`counters`), which add a compare against a precomputed mark.
+//! (`counters`), which take the size from a precomputed room and test its sign.
 //!
 //! # Slow paths (`#[cold]`)
 //! - **Refill** (bin empty): take up to half a bin of blocks from the first page in the class's
 //!   queue, carving fresh blocks lazily; get a page from one of the heap's segments, or a new
 //!   segment, when the queue is empty.
-//! - **Flush** (bin full): the older half of the bin goes back to the pages it came from. A block of
+//! - **Flush** (bin full): the newest half of the bin goes back to the pages it came from. A block of
 //!   a page of this heap is put back directly; a block of another heap's page goes to that heap.
 //!
 //! # Cross-thread frees
@@ -227,30 +227,27 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
     let new_class = size_class::class_of(new, align);
     let heap = current();
     if heap.is_live() {
+        // Check first, obtain the memory, then account: a refused or failed request changes no
+        // figure.
+        if !heap.counters.admits(new.saturating_sub(old)) {
+            return ptr::null_mut();
+        }
         if old_class.is_some() && old_class == new_class {
-            return if heap.counters.realloc(old, new) {
-                p
-            } else {
-                ptr::null_mut()
-            };
+            heap.counters.realloc(old, new);
+            return p;
         }
         if old_class.is_none() && new_class.is_none() {
-            if !heap.counters.realloc(old, new) {
-                return ptr::null_mut();
-            }
             // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
-            return match unsafe { large::realloc(&heap.large, p, old, new, align) } {
-                Some((q, old_len, new_len)) => {
-                    let c = &heap.counters;
-                    ThreadCounters::bump(&c.large_active, new_len as i64 - old_len as i64);
-                    ThreadCounters::bump(&c.large_live, new as i64 - old as i64);
-                    q
-                }
-                None => {
-                    heap.counters.undo_realloc(old, new);
-                    ptr::null_mut()
-                }
+            let Some((q, old_len, new_len)) =
+                (unsafe { large::realloc(&heap.large, p, old, new, align) })
+            else {
+                return ptr::null_mut();
             };
+            let c = &heap.counters;
+            c.realloc(old, new);
+            ThreadCounters::bump(&c.large_active, new_len as i64 - old_len as i64);
+            ThreadCounters::bump(&c.large_live, new as i64 - old as i64);
+            return q;
         }
     }
     // Move: a fresh block, a copy, and a free, counted as one realloc.
@@ -282,9 +279,12 @@ fn alloc_small(heap: &Heap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: every class is `< CLASSES` (the table is range-checked at compile time).
     let bin = unsafe { heap.bins.get_unchecked(class) };
     let b = bin.head.get();
+    // The order of this test matters: the shared EMPTY and DEAD heaps have empty bins, so they
+    // leave here before `try_alloc_fast` could write their counters.
     if b.is_null() || !heap.counters.try_alloc_fast(size) {
         return alloc_small_slow(heap, class, size);
     }
+    debug_assert!(heap.is_live());
     // SAFETY: `b` heads the bin, so it is a free block holding the link to the next one.
     bin.head.set(unsafe { (*b).next });
     bin.count.set(bin.count.get() - 1);
@@ -303,14 +303,14 @@ fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
             None => with_fallback(|h| alloc_small(h, class, size)),
         };
     }
-    if !heap.counters.alloc_slow(size) {
+    if !heap.counters.admits(size) {
         return ptr::null_mut(); // over the memory limit
     }
     let bin = &heap.bins[class];
     if bin.head.get().is_null() && !refill(heap, class) {
-        heap.counters.undo_alloc(size);
         return ptr::null_mut();
     }
+    heap.counters.alloc_slow(size);
     let b = bin.head.get();
     // SAFETY: the bin is non-empty after a successful refill.
     bin.head.set(unsafe { (*b).next });
@@ -329,6 +329,7 @@ unsafe fn free_small(heap: &Heap, b: *mut Block, class: usize, size: usize) {
     // SAFETY: as in `alloc_small`.
     let bin = unsafe { heap.bins.get_unchecked(class) };
     let count = bin.count.get();
+    // As in `alloc_small`: EMPTY and DEAD have limit 0, so they leave before any write.
     if count >= bin.limit.get() || !heap.counters.try_free_fast(size) {
         // SAFETY: forwarded caller promise.
         return unsafe { free_small_slow(heap, b, class, size) };
@@ -372,7 +373,13 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
 /// Fills the bin of `class` with up to half its limit. False if no memory could be had.
 fn refill(heap: &Heap, class: usize) -> bool {
     drain_remote(heap);
+    let filled = fill_bin(heap, class);
+    // After, not before: purging first could release the empty pages the bin is about to use.
     maybe_purge(heap);
+    filled
+}
+
+fn fill_bin(heap: &Heap, class: usize) -> bool {
     let bin = &heap.bins[class];
     let want = bin.limit.get().div_ceil(2);
     loop {
@@ -659,38 +666,41 @@ fn maybe_purge(heap: &Heap) {
 }
 
 /// Releases empty pages and segments and purges free medium blocks and cached large mappings.
-pub fn purge(heap: &Heap) {
+///
+/// Segment and page records are reached through raw pointers with short-lived references: page
+/// queues link page records of the same segment, so no reference to a whole segment may be held
+/// while `queue_remove` writes through those links.
+fn purge(heap: &Heap) {
     for kind in 0..2 {
         let mut seg = heap.segments[kind].get();
         while !seg.is_null() {
-            // SAFETY: list members are live segments of this heap.
-            let s = unsafe { &mut *seg };
-            let next = s.next;
-            let had_free = s.free_pages != 0;
-            for idx in 1..s.page_count as usize {
-                let page: *mut Page = &mut s.pages[idx];
-                // SAFETY: `page` is a page record of this segment.
-                let p = unsafe { &mut *page };
-                if p.class == NO_CLASS {
-                    continue;
+            // SAFETY: (whole block) list members are live segments of this heap; each access
+            // below is a short-lived borrow of one field or one page record.
+            unsafe {
+                let next = (*seg).next;
+                let had_free = (*seg).free_pages != 0;
+                for idx in 1..(*seg).page_count as usize {
+                    let page: *mut Page = ptr::addr_of_mut!((*seg).pages[idx]);
+                    if (*page).class == NO_CLASS {
+                        continue;
+                    }
+                    if (*page).used == 0 {
+                        queue_remove(heap, &mut *page);
+                        // No block of the page is live or in any bin or list (`used == 0`).
+                        (*seg).release_page(idx);
+                    } else if (*page).is_medium() {
+                        (*page).purge_free_blocks();
+                    }
                 }
-                if p.used == 0 {
-                    queue_remove(heap, p);
-                    s.release_page(page);
-                } else if p.is_medium() {
-                    p.purge_free_blocks();
+                if (*seg).free_pages == (*seg).all_pages_mask() {
+                    seg_unlink(heap, kind, seg);
+                    segment::release(seg);
+                } else if !had_free && (*seg).free_pages != 0 {
+                    seg_unlink(heap, kind, seg);
+                    seg_push_front(heap, kind, seg);
                 }
+                seg = next;
             }
-            s.purge_pages();
-            if s.free_pages == s.all_pages_mask() {
-                seg_unlink(heap, kind, seg);
-                // SAFETY: no page of the segment is in use and it is unlinked.
-                unsafe { segment::release(seg) };
-            } else if !had_free && s.free_pages != 0 {
-                seg_unlink(heap, kind, seg);
-                seg_push_front(heap, kind, seg);
-            }
-            seg = next;
         }
     }
     heap.large.clear();
@@ -716,13 +726,13 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
 
 fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // Sizes that cannot be mapped fail before they are counted (and cannot overflow the counters).
-    if !large::is_mappable(size, align) || !heap.counters.alloc_slow(size) {
+    if !large::is_mappable(size, align) || !heap.counters.admits(size) {
         return ptr::null_mut();
     }
     let Some((p, len)) = large::alloc(&heap.large, size, align, zero) else {
-        heap.counters.undo_alloc(size);
         return ptr::null_mut();
     };
+    heap.counters.alloc_slow(size);
     if cfg!(feature = "stats") {
         let c = &heap.counters;
         c.large_allocs.add(1);
@@ -795,17 +805,20 @@ const KEY_FAILED: u8 = 3;
 static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_UNSET);
 static mut KEY: libc::pthread_key_t = 0;
 
-/// Calls `f` for every heap ever created, under the registry lock; returns the number of live
-/// threads. Readers see each heap's counters; exit folding happens under the same lock.
-pub fn for_each_heap(mut f: impl FnMut(&Heap)) -> usize {
+/// Calls `f(Some(heap))` for every heap ever created and then `f(None)`, all under the registry
+/// lock, and returns the number of live threads. Exiting threads fold their counters into the
+/// exited totals under the same lock, so a reader that sums the heaps and the exited totals in `f`
+/// counts every thread exactly once.
+pub fn for_each_heap(mut f: impl FnMut(Option<&Heap>)) -> usize {
     let reg = REGISTRY.lock();
     let mut h = reg.all;
     while !h.is_null() {
         // SAFETY: registered heaps live forever.
         let heap = unsafe { &*h };
-        f(heap);
+        f(Some(heap));
         h = heap.next_all();
     }
+    f(None);
     reg.live
 }
 
@@ -837,7 +850,7 @@ fn thread_heap(current: &Heap) -> Option<&'static Heap> {
     if current.state.get() == STATE_DEAD || !ensure_key() {
         return None;
     }
-    let heap = adopt_heap()?;
+    let heap = adopt_heap(true)?;
     CURRENT.with(|c| c.set(heap));
     // SAFETY: KEY was created (ensure_key); the value is only read back by our destructor.
     unsafe { libc::pthread_setspecific(KEY, heap.cast()) };
@@ -845,7 +858,9 @@ fn thread_heap(current: &Heap) -> Option<&'static Heap> {
     Some(unsafe { &*heap })
 }
 
-fn adopt_heap() -> Option<*mut Heap> {
+/// Adopts an orphaned heap or makes a new one. `thread` says whether a thread will own it (and
+/// count in `Stats::threads`); the fallback heap is owned by whoever holds its lock.
+fn adopt_heap(thread: bool) -> Option<*mut Heap> {
     let mut reg = REGISTRY.lock();
     let heap = if !reg.orphans.is_null() {
         let h = reg.orphans;
@@ -870,8 +885,9 @@ fn adopt_heap() -> Option<*mut Heap> {
         reg.all = h;
         h
     };
-    reg.live += 1;
-    // SAFETY: the heap is now owned by the calling thread alone.
+    reg.live += usize::from(thread);
+    // SAFETY: the heap is on no list and owned by nobody else: the calling thread (or the holder of
+    // the fallback lock) is its only user from here on.
     unsafe {
         (*heap).state.set(STATE_LIVE);
         (*heap).next_orphan.set(ptr::null_mut());
@@ -889,24 +905,11 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     CURRENT.with(|c| c.set(&DEAD));
     heap.state.set(STATE_DEAD);
     let mut reg = REGISTRY.lock();
-    let class_allocs: [&Counter; CLASSES] = core::array::from_fn(|c| &heap.bins[c].allocs);
-    let class_frees: [&Counter; CLASSES] = core::array::from_fn(|c| &heap.bins[c].frees);
-    fold(heap, &class_allocs, &class_frees);
+    heap.counters
+        .fold_into_exited(heap.bins.iter().map(|b| (&b.allocs, &b.frees)));
     heap.next_orphan.set(reg.orphans);
     reg.orphans = heap_ptr;
     reg.live -= 1;
-}
-
-fn fold(heap: &Heap, allocs: &[&Counter; CLASSES], frees: &[&Counter; CLASSES]) {
-    use crate::counters::EXITED;
-    use core::sync::atomic::Ordering::Relaxed;
-    for c in 0..CLASSES {
-        EXITED.class_allocs[c].fetch_add(allocs[c].get(), Relaxed);
-        EXITED.class_frees[c].fetch_add(frees[c].get(), Relaxed);
-        allocs[c].set(0);
-        frees[c].set(0);
-    }
-    heap.counters.fold_into_exited(&[], &[]);
 }
 
 fn ensure_key() -> bool {
@@ -951,7 +954,7 @@ static FALLBACK_PTR: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 fn with_fallback<R: Default>(f: impl FnOnce(&Heap) -> R) -> R {
     let _guard = FALLBACK.lock();
     if FALLBACK_PTR.load(Ordering::Relaxed).is_null() {
-        match adopt_heap() {
+        match adopt_heap(false) {
             Some(h) => FALLBACK_PTR.store(h, Ordering::Relaxed),
             None => return R::default(),
         }

@@ -115,19 +115,31 @@ impl LargeCache {
     }
 
     /// Takes back a whole mapping: cached if it fits, otherwise unmapped.
-    fn put(&self, base: usize, len: usize) {
+    ///
+    /// # Safety
+    /// `[base, base + len)` is a whole large mapping that nobody uses any more.
+    unsafe fn put(&self, base: usize, len: usize) {
         if len > MAX_CACHED {
-            unmap(base, len);
+            // SAFETY: caller promise.
+            unsafe { unmap(base, len) };
             return;
         }
-        // Round-robin eviction: the slot we overwrite holds the oldest entry.
-        let i = self.next.get();
-        self.next.set((i + 1) % SLOTS);
+        // An empty slot if there is one; otherwise round robin, which overwrites the oldest entry.
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.get().0 == 0)
+            .unwrap_or_else(|| {
+                let i = self.next.get();
+                self.next.set((i + 1) % SLOTS);
+                i
+            });
         let (old, old_len) = self.slots[i].replace((base, len));
         self.bytes.set(self.bytes.get() + len);
         if old != 0 {
             self.bytes.set(self.bytes.get() - old_len);
-            unmap(old, old_len);
+            // SAFETY: cached mappings are whole and unused (struct invariant).
+            unsafe { unmap(old, old_len) };
         }
         while self.bytes.get() > CACHE_BYTES {
             self.evict_one();
@@ -138,7 +150,8 @@ impl LargeCache {
         if let Some(slot) = self.slots.iter().find(|s| s.get().0 != 0) {
             let (base, len) = slot.replace((0, 0));
             self.bytes.set(self.bytes.get() - len);
-            unmap(base, len);
+            // SAFETY: cached mappings are whole and unused (struct invariant).
+            unsafe { unmap(base, len) };
         }
     }
 
@@ -150,15 +163,20 @@ impl LargeCache {
     }
 }
 
-fn remap(base: usize, len: usize, new_len: usize) -> Option<usize> {
-    // SAFETY: `base` is the non-null start of a whole mapping nobody uses (callers' invariant).
-    let p = unsafe { NonNull::new_unchecked(base as *mut u8) };
-    os::remap(p, len, new_len).map(|q| q.as_ptr() as usize)
+/// # Safety
+/// `[base, base + len)` is a whole large mapping (alignment at most `PAGE_SIZE` relied on) that
+/// belongs to the caller.
+unsafe fn remap(base: usize, len: usize, new_len: usize) -> Option<usize> {
+    // SAFETY: caller promise; `base` is non-null because it starts a mapping.
+    unsafe { os::remap(NonNull::new_unchecked(base as *mut u8), len, new_len) }
+        .map(|q| q.as_ptr() as usize)
 }
 
-fn unmap(base: usize, len: usize) {
-    // SAFETY: `base` is the non-null start of a whole mapping nobody uses (callers' invariant).
-    os::unmap(unsafe { NonNull::new_unchecked(base as *mut u8) }, len);
+/// # Safety
+/// `[base, base + len)` is a whole large mapping that nobody uses any more.
+unsafe fn unmap(base: usize, len: usize) {
+    // SAFETY: caller promise; `base` is non-null because it starts a mapping.
+    unsafe { os::unmap(NonNull::new_unchecked(base as *mut u8), len) };
 }
 
 /// Allocates a large block; returns it and its mapping length, or `None` if the OS refuses.
@@ -177,10 +195,12 @@ pub fn alloc(
             let len = class_len(need)?;
             match cache.take_resizable(align) {
                 // Resizing a cached mapping keeps its resident pages: only growth faults.
-                Some((old_base, old_len)) => match remap(old_base, old_len, len) {
+                // SAFETY: the cached mapping is whole, unused, and now ours.
+                Some((old_base, old_len)) => match unsafe { remap(old_base, old_len, len) } {
                     Some(base) => (base, len, false),
                     None => {
-                        unmap(old_base, old_len);
+                        // SAFETY: as above; the failed remap left it unchanged.
+                        unsafe { unmap(old_base, old_len) };
                         (
                             os::map_aligned(len, PAGE_SIZE)?.as_ptr() as usize,
                             len,
@@ -214,7 +234,8 @@ pub fn alloc(
 pub unsafe fn free(cache: &LargeCache, p: *mut u8) -> usize {
     // SAFETY: caller promise: `p` is a live large block with its header.
     let Header { base, len } = unsafe { header(p).read() };
-    cache.put(base, len);
+    // SAFETY: the header describes the block's whole mapping, which the caller gives up.
+    unsafe { cache.put(base, len) };
     len
 }
 
@@ -239,14 +260,10 @@ pub unsafe fn realloc(
         // unused; a growing block keeps it (a Vec that doubles will want it next).
         let shrunk = class_len(need)?;
         if new < old && shrunk <= len / 2 {
-            // SAFETY: `base` starts a whole live mapping; shrinking keeps the block's data.
-            let mapping = unsafe { NonNull::new_unchecked(base as *mut u8) };
-            if let Some(q) = os::remap(mapping, len, shrunk) {
-                debug_assert_eq!(
-                    q.as_ptr() as usize,
-                    base,
-                    "mremap never moves a shrinking mapping"
-                );
+            // SAFETY: `[base, base + len)` is the block's whole mapping, which the caller owns;
+            // shrinking keeps the block's data and never moves the mapping.
+            if let Some(q) = unsafe { remap(base, len, shrunk) } {
+                debug_assert_eq!(q, base, "mremap never moves a shrinking mapping");
                 // SAFETY: the header is still inside the mapping.
                 unsafe { (*header(p)).len = shrunk };
                 return Some((p, len, shrunk));
@@ -256,13 +273,9 @@ pub unsafe fn realloc(
     }
     let new_len = class_len(need)?;
     if align <= PAGE_SIZE {
-        // SAFETY: `[base, base + len)` is a whole live mapping; MREMAP_MAYMOVE keeps its contents.
-        let q = os::remap(
-            unsafe { NonNull::new_unchecked(base as *mut u8) },
-            len,
-            new_len,
-        )?;
-        let base = q.as_ptr() as usize;
+        // SAFETY: `[base, base + len)` is the block's whole mapping (alignment at most
+        // `PAGE_SIZE`), which the caller owns; MREMAP_MAYMOVE keeps its contents.
+        let base = unsafe { remap(base, len, new_len) }?;
         let np = (base + offset) as *mut u8;
         // SAFETY: the header moved with the mapping and is inside it; the mapping may have moved.
         unsafe { header(np).write(Header { base, len: new_len }) };

@@ -34,7 +34,8 @@ pub fn map_aligned(size: usize, align: usize) -> Option<NonNull<u8>> {
     if p.as_ptr() as usize % align == 0 {
         return Some(p);
     }
-    unmap(p, size);
+    // SAFETY: the mapping was made just above and nobody has seen it.
+    unsafe { unmap(p, size) };
     // Over-map by `align` and trim both ends.
     let over = size.checked_add(align - PAGE_SIZE)?;
     let raw = map_raw(over)?.as_ptr() as usize;
@@ -42,15 +43,12 @@ pub fn map_aligned(size: usize, align: usize) -> Option<NonNull<u8>> {
     let head = start - raw;
     let tail = over - head - size;
     if head > 0 {
-        // SAFETY: `[raw, raw + head)` lies inside the mapping made just above.
-        unmap(unsafe { NonNull::new_unchecked(raw as *mut u8) }, head);
+        // SAFETY: `[raw, raw + head)` lies inside the mapping made just above, unused.
+        unsafe { unmap(NonNull::new_unchecked(raw as *mut u8), head) };
     }
     if tail > 0 {
-        // SAFETY: `[start + size, start + size + tail)` lies inside the same mapping.
-        unmap(
-            unsafe { NonNull::new_unchecked((start + size) as *mut u8) },
-            tail,
-        );
+        // SAFETY: `[start + size, start + size + tail)` lies inside the same mapping, unused.
+        unsafe { unmap(NonNull::new_unchecked((start + size) as *mut u8), tail) };
     }
     NonNull::new(start as *mut u8)
 }
@@ -76,9 +74,10 @@ fn map_raw(size: usize) -> Option<NonNull<u8>> {
 
 /// Unmaps `[p, p + size)`.
 ///
-/// Requires: the range was returned by (or lies inside a region returned by) [`map_aligned`] and
-/// nothing uses it any more; `size` is a multiple of `PAGE_SIZE`.
-pub fn unmap(p: NonNull<u8>, size: usize) {
+/// # Safety
+/// The range was returned by (or lies inside a region returned by) [`map_aligned`] and nothing
+/// uses it any more; `size` is a multiple of `PAGE_SIZE`.
+pub unsafe fn unmap(p: NonNull<u8>, size: usize) {
     // SAFETY: the caller promises the range is ours and unused; munmap of such a range cannot
     // affect any other Rust object.
     let rc = unsafe { libc::munmap(p.as_ptr().cast(), size) };
@@ -88,12 +87,13 @@ pub fn unmap(p: NonNull<u8>, size: usize) {
 }
 
 /// Gives the physical memory behind `[p, p + size)` back to the OS; the range stays mapped and
-/// reads as zero afterwards.
+/// reads as zero afterwards. `MADV_DONTNEED` (not `MADV_FREE`) so the resident set falls at once,
+/// which is what users watching RSS expect.
 ///
-/// Requires: `p` and `size` are multiples of `PAGE_SIZE`, the range is mapped by this module and
-/// holds no data anybody still needs. `MADV_DONTNEED` (not `MADV_FREE`) so the resident set falls
-/// at once, which is what users watching RSS expect.
-pub fn purge(p: *mut u8, size: usize) {
+/// # Safety
+/// `p` and `size` are multiples of `PAGE_SIZE`, the range is mapped by this module and holds no
+/// data anybody still needs.
+pub unsafe fn purge(p: *mut u8, size: usize) {
     debug_assert!(p as usize % PAGE_SIZE == 0 && size % PAGE_SIZE == 0);
     if size == 0 {
         return;
@@ -103,20 +103,27 @@ pub fn purge(p: *mut u8, size: usize) {
 }
 
 /// Purges the whole OS pages strictly inside `[start, end)`; partial pages at either end stay.
-pub fn purge_inside(start: usize, end: usize) {
+///
+/// # Safety
+/// `[start, end)` is mapped by this module and holds no data anybody still needs.
+pub unsafe fn purge_inside(start: usize, end: usize) {
     let lo = (start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
     let hi = end & !(PAGE_SIZE - 1);
     if hi > lo {
-        purge(lo as *mut u8, hi - lo);
+        // SAFETY: a page-aligned subrange of the caller's unused range.
+        unsafe { purge(lo as *mut u8, hi - lo) };
     }
 }
 
 /// Resizes a page-aligned mapping, moving it if needed, without copying its pages.
 ///
-/// Requires: `[p, p + old)` was mapped by this module with alignment at most `PAGE_SIZE` being
-/// relied on; both sizes are multiples of `PAGE_SIZE`. Ensures: on `Some(q)`, `[q, q + new)` holds
-/// the old contents (then zeros) and the old range must no longer be used; on `None` nothing changed.
-pub fn remap(p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+/// Ensures: on `Some(q)`, `[q, q + new)` holds the old contents (then zeros) and the old range must
+/// no longer be used; on `None` nothing changed.
+///
+/// # Safety
+/// `[p, p + old)` is a whole mapping made by this module, with no alignment beyond `PAGE_SIZE`
+/// relied on; both sizes are multiples of `PAGE_SIZE`; nothing else refers to it by address.
+pub unsafe fn remap(p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
     // SAFETY: the caller promises the mapping is ours; MREMAP_MAYMOVE keeps the contents.
     let q = unsafe { libc::mremap(p.as_ptr().cast(), old, new, libc::MREMAP_MAYMOVE) };
     if q == libc::MAP_FAILED {
@@ -139,6 +146,13 @@ pub fn now_ms() -> u64 {
     // SAFETY: `ts` is a valid out-pointer for the duration of the call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The page size the OS reports (perfalloc assumes `PAGE_SIZE`; checked by a test).
+#[cfg(test)]
+pub fn os_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 /// The process's resident set in bytes, from `/proc/self/statm`, read without allocating.
@@ -172,4 +186,22 @@ pub fn resident_bytes() -> Option<u64> {
         pages = pages * 10 + (d - b'0') as u64;
     }
     Some(pages * PAGE_SIZE as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_os_page_size_is_the_one_we_assume() {
+        assert_eq!(super::os_page_size(), super::PAGE_SIZE);
+    }
+
+    #[test]
+    fn aligned_mappings_are_aligned() {
+        for align in [4096, 1 << 16, 1 << 22] {
+            let p = super::map_aligned(1 << 22, align).unwrap();
+            assert_eq!(p.as_ptr() as usize % align, 0);
+            // SAFETY: the mapping is ours and unused.
+            unsafe { super::unmap(p, 1 << 22) };
+        }
+    }
 }

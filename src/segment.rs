@@ -198,7 +198,11 @@ impl Page {
 
     /// Hands the whole OS pages inside free, not yet purged medium blocks back to the OS.
     /// Adjacent free blocks are purged as one run, so the pages they share go too.
-    pub fn purge_free_blocks(&mut self) {
+    ///
+    /// # Safety
+    /// The page is a medium page in use by the calling thread's heap, so that (by the struct
+    /// invariants) the blocks in `free_mask` are unused and hold no link.
+    pub unsafe fn purge_free_blocks(&mut self) {
         debug_assert!(self.is_medium());
         let todo = self.free_mask & !self.purged_mask;
         if todo == 0 {
@@ -212,7 +216,8 @@ impl Page {
             let bits = low_bits(run) << first;
             if bits & todo != 0 {
                 let start = self.start as usize + first as usize * bs;
-                os::purge_inside(start, start + run as usize * bs);
+                // SAFETY: a run of free blocks of this page (caller promise).
+                unsafe { os::purge_inside(start, start + run as usize * bs) };
             }
             mask &= !bits;
         }
@@ -222,8 +227,8 @@ impl Page {
 
 /// A segment header. Lives at the start of its own segment.
 ///
-/// Invariants: `free_pages` has a bit for each page not serving a class (never bit 0, the header);
-/// `dirty_pages ⊆ free_pages` marks free pages whose memory may still be resident; `heap` is the
+/// Invariants: `free_pages` has a bit for each page not serving a class (never bit 0, the header),
+/// and the memory of such a page is purged (pages are purged as they are released); `heap` is the
 /// owner and changes only while no block of the segment is live.
 #[repr(C)]
 pub struct Segment {
@@ -231,7 +236,6 @@ pub struct Segment {
     pub page_shift: u32,
     pub page_count: u32,
     pub free_pages: u64,
-    pub dirty_pages: u64,
     pub next: *mut Segment,
     pub prev: *mut Segment,
     pub pages: [Page; MAX_PAGES],
@@ -285,10 +289,7 @@ impl Segment {
             return None;
         }
         let idx = self.free_pages.trailing_zeros() as usize;
-        let bit = 1u64 << idx;
-        let dirty = self.dirty_pages & bit != 0;
-        self.free_pages &= !bit;
-        self.dirty_pages &= !bit;
+        self.free_pages &= !(1u64 << idx);
         let page_size = self.page_size();
         let start = (self as *mut Segment as usize + idx * page_size) as *mut u8;
         let bs = size_class::block_size(class);
@@ -312,37 +313,25 @@ impl Segment {
         if size_class::is_medium(class) {
             page.bump = capacity;
             page.free_mask = low_bits(capacity);
-            // Fresh or purged memory is not resident: nothing to purge until blocks are used.
-            page.purged_mask = if dirty { 0 } else { page.free_mask };
+            // Free pages are fresh or purged: nothing to purge until blocks are used.
+            page.purged_mask = page.free_mask;
         }
         Some(page)
     }
 
-    /// Gives a page with no block in use back to the segment; its memory stays until `purge_pages`.
-    pub fn release_page(&mut self, page: *mut Page) {
-        // SAFETY: `page` is one of this segment's page records (callers pass `page_of` results).
-        let idx = unsafe { page.offset_from(self.pages.as_ptr()) } as usize;
+    /// Gives page `idx` back to the segment and its memory back to the OS.
+    ///
+    /// # Safety
+    /// The page is in use by the calling thread's heap with `used == 0` (no block of it is live or
+    /// held in any bin or list), and it is not in any page queue.
+    pub unsafe fn release_page(&mut self, idx: usize) {
         debug_assert!(idx > 0 && idx < self.page_count as usize);
+        debug_assert!(self.pages[idx].used == 0 && !self.pages[idx].in_queue);
         self.pages[idx].class = NO_CLASS;
         self.free_pages |= 1 << idx;
-        self.dirty_pages |= 1 << idx;
-    }
-
-    /// Purges every free page whose memory may be resident. Returns the bytes purged.
-    pub fn purge_pages(&mut self) -> usize {
-        let mut dirty = self.dirty_pages;
-        let mut bytes = 0;
-        while dirty != 0 {
-            let idx = dirty.trailing_zeros() as usize;
-            let first = idx;
-            let run = (dirty >> first).trailing_ones() as usize;
-            let start = self as *mut Segment as usize + first * self.page_size();
-            os::purge(start as *mut u8, run * self.page_size());
-            bytes += run * self.page_size();
-            dirty &= !(low_bits(run as u32) << first);
-        }
-        self.dirty_pages = 0;
-        bytes
+        let start = self as *mut Segment as usize + (idx << self.page_shift);
+        // SAFETY: the page's memory is unused (caller promise) and lies inside this segment.
+        unsafe { os::purge(start as *mut u8, 1 << self.page_shift) };
     }
 }
 
@@ -399,7 +388,6 @@ pub fn acquire(heap: *mut Heap, page_shift: u32) -> Option<NonNull<Segment>> {
         ptr::addr_of_mut!((*seg).page_count).write(page_count);
         let all = low_bits(page_count) & !1;
         ptr::addr_of_mut!((*seg).free_pages).write(all);
-        ptr::addr_of_mut!((*seg).dirty_pages).write(0);
         ptr::addr_of_mut!((*seg).next).write(ptr::null_mut());
         ptr::addr_of_mut!((*seg).prev).write(ptr::null_mut());
         for i in 0..page_count as usize {
@@ -414,11 +402,9 @@ pub fn acquire(heap: *mut Heap, page_shift: u32) -> Option<NonNull<Segment>> {
 /// # Safety
 /// No block of the segment is in use and its heap has unlinked it.
 pub unsafe fn release(seg: *mut Segment) {
-    // SAFETY: the caller promises the segment is ours and empty.
-    unsafe {
-        (*seg).purge_pages();
-        (*seg).heap = ptr::null_mut();
-    }
+    // SAFETY: the caller promises the segment is ours and empty; its pages were purged as they
+    // were released.
+    unsafe { (*seg).heap = ptr::null_mut() };
     let mut cache = SEGMENT_CACHE.lock();
     if cache.len < SEGMENT_CACHE_SLOTS {
         let i = cache.len;
@@ -426,7 +412,7 @@ pub unsafe fn release(seg: *mut Segment) {
         cache.len += 1;
     } else {
         drop(cache);
-        // SAFETY: `seg` is a non-null segment base returned by `map_aligned`.
-        os::unmap(unsafe { NonNull::new_unchecked(seg.cast()) }, SEGMENT_SIZE);
+        // SAFETY: `seg` is a non-null segment base returned by `map_aligned`, empty and unlinked.
+        unsafe { os::unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
     }
 }

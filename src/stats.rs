@@ -223,8 +223,11 @@ fn clamp(v: i64) -> u64 {
 /// ```
 pub fn stats() -> Stats {
     let mut t = Totals::ZERO;
-    let threads = heap::for_each_heap(|h| t.add_heap(h)) as u64;
-    t.add_exited();
+    // The exited totals are read under the same lock as the heaps (see `for_each_heap`).
+    let threads = heap::for_each_heap(|h| match h {
+        Some(h) => t.add_heap(h),
+        None => t.add_exited(),
+    }) as u64;
     let live = clamp(t.net);
     let mut size_classes = Vec::new();
     let mut active = clamp(t.large_active);

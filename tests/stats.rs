@@ -263,6 +263,69 @@ fn report_and_serde_round_trip() {
     drop(keep);
 }
 
+fn a_refused_allocation_changes_no_figure() {
+    let before = stats();
+    let thread_before = thread_stats();
+    // More address space than x86_64 user space has: the OS must refuse it.
+    let huge = (1usize << 47) + (1 << 46);
+    let ((), m) = measure(|| {
+        let mut v: Vec<u8> = Vec::new();
+        assert!(v.try_reserve_exact(huge).is_err());
+    });
+    assert_eq!(m.peak_bytes, 0, "the refused request moved the scope peak");
+    assert_eq!(m.allocated_bytes, 0);
+    let after = stats();
+    assert!(
+        after.peak_live_bytes < before.peak_live_bytes + (1 << 20),
+        "process peak moved"
+    );
+    assert!(
+        after.live_bytes < before.live_bytes + (1 << 20),
+        "live bytes moved"
+    );
+    assert_eq!(
+        thread_stats().peak_bytes,
+        thread_before.peak_bytes,
+        "thread peak moved"
+    );
+}
+
+fn counts_never_go_backwards_while_threads_exit() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        std::thread::spawn(|| {
+                            black_box((0..200).map(|i| vec![0u8; i]).collect::<Vec<_>>()).len()
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.join().unwrap();
+                }
+            }
+        })
+    };
+    let mut last = Figures::now();
+    for _ in 0..2000 {
+        let now = Figures::now();
+        assert!(
+            now.allocations >= last.allocations,
+            "allocations went backwards"
+        );
+        assert!(
+            now.deallocations >= last.deallocations,
+            "deallocations went backwards"
+        );
+        last = now;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+}
+
 fn main() {
     let tests: &[(&str, fn())] = &[
         (
@@ -292,6 +355,14 @@ fn main() {
             limit_makes_try_reserve_fail_and_recovers,
         ),
         ("report_and_serde_round_trip", report_and_serde_round_trip),
+        (
+            "a_refused_allocation_changes_no_figure",
+            a_refused_allocation_changes_no_figure,
+        ),
+        (
+            "counts_never_go_backwards_while_threads_exit",
+            counts_never_go_backwards_while_threads_exit,
+        ),
     ];
     let mut failed = 0;
     for (name, test) in tests {
