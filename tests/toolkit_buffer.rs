@@ -6,24 +6,11 @@ use std::io::{self, Read, Write};
 
 use perfalloc::buffer::ByteBuffer;
 
+mod common;
+use common::Rng;
+
 #[global_allocator]
 static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
-
-/// SplitMix64: tiny, seedable, good enough to pick actions.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// A reader that returns at most `chunk` bytes per call, like a socket.
 struct Trickle<'a> {
@@ -54,18 +41,18 @@ enum Action {
 }
 
 fn random_action(rng: &mut Rng) -> Action {
-    let n = match rng.below(4) {
-        0 => rng.below(4),
-        1 => rng.below(64),
-        2 => rng.below(1024),
-        _ => rng.below(20_000),
+    let n = match rng.index(4) {
+        0 => rng.index(4),
+        1 => rng.index(64),
+        2 => rng.index(1024),
+        _ => rng.index(20_000),
     };
-    match rng.below(9) {
+    match rng.index(9) {
         0 => Action::Extend(n),
         1 => Action::IoWrite(n),
         2 => Action::Read(n),
         3 => Action::Advance(n),
-        4 => Action::FillFrom(n, 1 + rng.below(5000)),
+        4 => Action::FillFrom(n, 1 + rng.index(5000)),
         5 => Action::SpareCommit(n),
         6 => Action::Reserve(n),
         7 => Action::Compact,
@@ -75,7 +62,7 @@ fn random_action(rng: &mut Rng) -> Action {
 
 fn run(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
-    let mut buf = ByteBuffer::with_capacity(rng.below(256));
+    let mut buf = ByteBuffer::with_capacity(rng.index(256));
     let mut model: VecDeque<u8> = VecDeque::new();
     let mut next_byte = 0u8;
     let mut fresh = |n: usize| -> Vec<u8> {
@@ -188,7 +175,7 @@ fn framing_round_trip_through_a_trickling_reader() {
     let mut frames = Vec::new();
     let mut rng = Rng(7);
     for i in 0..500u32 {
-        let len = rng.below(300);
+        let len = rng.index(300);
         let payload: Vec<u8> = (0..len).map(|j| (i as usize + j) as u8).collect();
         stream.extend_from_slice(&(len as u32).to_le_bytes());
         stream.extend_from_slice(&payload);

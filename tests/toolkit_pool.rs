@@ -8,25 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use perfalloc::pool::{BufferPool, BufferPoolConfig, ObjectPool};
 
+mod common;
+use common::Rng;
+
 #[global_allocator]
 static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
 
 const THREADS: usize = 8;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn on_fresh_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     std::thread::scope(|s| s.spawn(f).join().unwrap())
@@ -59,11 +47,11 @@ fn buffer_pool_never_hands_a_buffer_to_two_holders_and_stays_bounded() {
                     let mut rng = Rng(t as u64 + 1);
                     let mut mine = Vec::new();
                     for i in 0..3000usize {
-                        if mine.len() < 4 && (mine.is_empty() || rng.below(2) == 0) {
+                        if mine.len() < 4 && (mine.is_empty() || rng.index(2) == 0) {
                             // Sizes across every class, plus some above max_size.
-                            let want = match rng.below(10) {
-                                0 => 20_000 + rng.below(10_000),
-                                _ => rng.below(16 << 10),
+                            let want = match rng.index(10) {
+                                0 => 20_000 + rng.index(10_000),
+                                _ => rng.index(16 << 10),
                             };
                             let mut buf = pool.get(want);
                             gets.fetch_add(1, Ordering::Relaxed);
@@ -78,7 +66,7 @@ fn buffer_pool_never_hands_a_buffer_to_two_holders_and_stays_bounded() {
                             buf.resize(len, tag);
                             mine.push((buf, tag, len));
                         } else {
-                            let (buf, tag, len) = mine.swap_remove(rng.below(mine.len()));
+                            let (buf, tag, len) = mine.swap_remove(rng.index(mine.len()));
                             assert_eq!(buf.len(), len);
                             assert!(
                                 buf.iter().all(|&b| b == tag),
@@ -378,7 +366,7 @@ fn object_pool_never_hands_an_object_to_two_holders_and_stays_bounded() {
                 let mut rng = Rng(100 + t as u64);
                 let mut mine = Vec::new();
                 for _ in 0..3000 {
-                    if mine.len() < 3 && (mine.is_empty() || rng.below(2) == 0) {
+                    if mine.len() < 3 && (mine.is_empty() || rng.index(2) == 0) {
                         let mut conn = pool.get();
                         gets.fetch_add(1, Ordering::Relaxed);
                         assert!(
@@ -394,7 +382,7 @@ fn object_pool_never_hands_an_object_to_two_holders_and_stays_bounded() {
                         conn.scratch.push(t as u8);
                         mine.push(conn);
                     } else {
-                        let conn = mine.swap_remove(rng.below(mine.len()));
+                        let conn = mine.swap_remove(rng.index(mine.len()));
                         assert_eq!(conn.scratch, [t as u8], "another holder used this object");
                         assert!(held.lock().unwrap().remove(&conn.id));
                         drop(conn);

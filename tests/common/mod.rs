@@ -18,6 +18,10 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// A number in `0..n`, for indices.
+    pub fn index(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
     /// A size from 1 B to `max`, log-uniform so that every size class gets traffic.
     pub fn size(&mut self, max: usize) -> usize {
         let bits = 64 - (max as u64).leading_zeros() as u64;
