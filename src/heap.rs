@@ -450,7 +450,7 @@ unsafe fn give_back(heap: &Heap, mut b: *mut Block) {
         let next = unsafe { (*b).next };
         let seg = segment::segment_of(b.cast());
         // SAFETY: the block is live from its page's view, so its segment is live and `heap` stable.
-        let owner = unsafe { (*seg).heap };
+        let owner = unsafe { (*seg).heap }.cast::<Heap>();
         if owner == me {
             // SAFETY: the block is of one of our pages, which is in use.
             let page = unsafe { segment::page_of(b.cast()) };
@@ -589,7 +589,7 @@ fn new_page(heap: &Heap, class: usize) -> Option<*mut Page> {
         } else {
             SMALL_PAGE_SHIFT
         };
-        seg = segment::acquire(heap as *const Heap as *mut Heap, shift)?.as_ptr();
+        seg = segment::acquire(heap as *const Heap as *mut segment::Owner, shift)?.as_ptr();
         seg_push_front(heap, kind, seg);
     }
     // SAFETY: `seg` is ours, of the right kind, and has a free page.

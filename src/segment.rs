@@ -15,7 +15,6 @@
 //! touches its pages. Other threads read `heap` (to route a remote free) only while they hold a live
 //! block in the segment, which keeps the segment from being released or re-owned meanwhile.
 
-use crate::heap::Heap;
 use crate::os;
 use crate::size_class;
 use crate::sync::SpinLock;
@@ -29,6 +28,10 @@ const MAX_PAGES: usize = SEGMENT_SIZE >> SMALL_PAGE_SHIFT;
 
 static_assertions::const_assert!(core::mem::size_of::<Segment>() <= 1 << SMALL_PAGE_SHIFT);
 static_assertions::const_assert!(MAX_PAGES <= 64);
+
+/// The identity of the heap that owns a segment. Opaque here (segments sit below heaps and never
+/// look inside one); the heap module converts its own address to and from it.
+pub enum Owner {}
 
 /// A free block's first word: the link of whichever list holds it (bin, page list or remote list).
 #[repr(C)]
@@ -232,7 +235,7 @@ impl Page {
 /// owner and changes only while no block of the segment is live.
 #[repr(C)]
 pub struct Segment {
-    pub heap: *mut Heap,
+    pub heap: *mut Owner,
     pub page_shift: u32,
     pub page_count: u32,
     pub free_pages: u64,
@@ -363,7 +366,7 @@ pub(crate) fn unlock_after_fork() {
 
 /// Gets an empty segment for `heap` with pages of `1 << page_shift` bytes, or `None` if the OS
 /// refuses memory.
-pub fn acquire(heap: *mut Heap, page_shift: u32) -> Option<NonNull<Segment>> {
+pub fn acquire(heap: *mut Owner, page_shift: u32) -> Option<NonNull<Segment>> {
     let cached = {
         let mut cache = SEGMENT_CACHE.lock();
         if cache.len > 0 {
