@@ -156,6 +156,29 @@ impl ThreadCounters {
         true
     }
 
+    /// An allocation that crosses `alloc_room`. If that only sets a new thread peak (nothing to
+    /// publish), account it here: a thread whose memory keeps growing (a producer) sets a new
+    /// peak with almost every allocation, and the full slow path for each would cost it dearly.
+    /// False (nothing changed) if the caller must take the slow path to publish. Called at the
+    /// top of the allocation slow path (a call from the fast path itself would make it save
+    /// registers on every allocation).
+    #[inline]
+    pub fn new_peak(&self, size: usize) -> bool {
+        if !cfg!(feature = "stats") {
+            return false;
+        }
+        let net = self.net() + size as i64;
+        if net - self.published.get() > PUBLISH_THRESHOLD {
+            return false;
+        }
+        // Below the publication mark, so the crossed mark was the peak: `net` is the new peak.
+        self.peak.store(net, Relaxed);
+        self.alloc_room.set(0);
+        self.free_room.set(self.free_room.get() + size as i64);
+        self.allocated.add(size as u64);
+        true
+    }
+
     /// Fast path of a free of `size` bytes, as `try_alloc_fast`.
     #[inline(always)]
     pub fn try_free_fast(&self, size: usize) -> bool {

@@ -285,7 +285,17 @@ fn alloc_small(heap: &Heap, class: usize, size: usize) -> *mut u8 {
         return alloc_small_slow(heap, class, size);
     }
     debug_assert!(heap.is_live());
-    // SAFETY: `b` heads the bin, so it is a free block holding the link to the next one.
+    // SAFETY: `b` heads the bin.
+    unsafe { pop(bin, b) }
+}
+
+/// Pops the first block of a bin and counts it handed out.
+///
+/// # Safety
+/// The bin is not empty (`b` is its head).
+#[inline(always)]
+unsafe fn pop(bin: &Bin, b: *mut Block) -> *mut u8 {
+    // SAFETY: `b` heads the bin (caller promise), so it is a free block linking to the next one.
     bin.head.set(unsafe { (*b).next });
     bin.count.set(bin.count.get() - 1);
     if cfg!(feature = "stats") {
@@ -303,22 +313,22 @@ fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
             None => with_fallback(|h| alloc_small(h, class, size)),
         };
     }
+    let bin = &heap.bins[class];
+    let b = bin.head.get();
+    if !b.is_null() && heap.counters.new_peak(size) {
+        // Only a new thread peak: the block is in the bin and nothing needs publishing.
+        // SAFETY: `b` heads the bin.
+        return unsafe { pop(bin, b) };
+    }
     if !heap.counters.admits(size) {
         return ptr::null_mut(); // over the memory limit
     }
-    let bin = &heap.bins[class];
     if bin.head.get().is_null() && !refill(heap, class) {
         return ptr::null_mut();
     }
     heap.counters.alloc_slow(size);
-    let b = bin.head.get();
-    // SAFETY: the bin is non-empty after a successful refill.
-    bin.head.set(unsafe { (*b).next });
-    bin.count.set(bin.count.get() - 1);
-    if cfg!(feature = "stats") {
-        bin.allocs.add(1);
-    }
-    b.cast()
+    // SAFETY: the bin is non-empty (it was, or a refill succeeded).
+    unsafe { pop(bin, bin.head.get()) }
 }
 
 /// # Safety
