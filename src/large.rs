@@ -114,6 +114,38 @@ impl LargeCache {
         Some((base, len))
     }
 
+    /// Moves the resident pages of cached mappings into `[dst, dst + len)` (the fresh, not yet
+    /// faulted tail of a mapping that just grew), so that they need no page faults. A cached
+    /// mapping larger than what is left is split: its remainder stays cached.
+    fn fill(&self, mut dst: usize, mut len: usize) {
+        while len > 0 {
+            let Some(slot) = self
+                .slots
+                .iter()
+                .filter(|s| s.get().0 != 0)
+                .max_by_key(|s| s.get().1)
+            else {
+                return;
+            };
+            let (base, slot_len) = slot.replace((0, 0));
+            self.bytes.set(self.bytes.get() - slot_len);
+            let n = slot_len.min(len);
+            // SAFETY: the cached mapping is whole and unused (struct invariant); `dst` is the
+            // caller's own fresh range, disjoint from every cached mapping.
+            if !unsafe { os::move_pages(base, n, dst) } {
+                // SAFETY: it is still a whole, unused mapping.
+                unsafe { self.put(base, slot_len) };
+                return;
+            }
+            if n < slot_len {
+                // SAFETY: the rest of the cached mapping is still mapped, whole and unused.
+                unsafe { self.put(base + n, slot_len - n) };
+            }
+            dst += n;
+            len -= n;
+        }
+    }
+
     /// Takes back a whole mapping: cached if it fits, otherwise unmapped.
     ///
     /// # Safety
@@ -194,10 +226,24 @@ pub fn alloc(
         None => {
             let len = class_len(need)?;
             match cache.take_resizable(align) {
-                // Resizing a cached mapping keeps its resident pages: only growth faults.
+                // Too big to hand out whole: use a prefix and keep the rest (resident) cached.
+                Some((old_base, old_len)) if old_len >= len => {
+                    if old_len > len {
+                        // SAFETY: the rest of a whole unused mapping is itself whole and unused.
+                        unsafe { cache.put(old_base + len, old_len - len) };
+                    }
+                    (old_base, len, false)
+                }
+                // Too small: grow it; its resident pages stay, and the new tail takes resident
+                // pages from other cached mappings where there are any.
                 // SAFETY: the cached mapping is whole, unused, and now ours.
                 Some((old_base, old_len)) => match unsafe { remap(old_base, old_len, len) } {
-                    Some(base) => (base, len, false),
+                    Some(base) => {
+                        if len > old_len {
+                            cache.fill(base + old_len, len - old_len);
+                        }
+                        (base, len, false)
+                    }
                     None => {
                         // SAFETY: as above; the failed remap left it unchanged.
                         unsafe { unmap(old_base, old_len) };
@@ -275,13 +321,17 @@ pub unsafe fn realloc(
     if align <= PAGE_SIZE {
         // SAFETY: `[base, base + len)` is the block's whole mapping (alignment at most
         // `PAGE_SIZE`), which the caller owns; MREMAP_MAYMOVE keeps its contents.
-        let base = unsafe { remap(base, len, new_len) }?;
-        let np = (base + offset) as *mut u8;
-        // SAFETY: the header moved with the mapping and is inside it; the mapping may have moved.
-        unsafe { header(np).write(Header { base, len: new_len }) };
-        return Some((np, len, new_len));
+        if let Some(base) = unsafe { remap(base, len, new_len) } {
+            let np = (base + offset) as *mut u8;
+            // SAFETY: the header moved with the mapping and is inside it.
+            unsafe { header(np).write(Header { base, len: new_len }) };
+            return Some((np, len, new_len));
+        }
+        // mremap refuses a range that spans several kernel mappings, which a mapping assembled
+        // from moved pages (`LargeCache::fill`) can be: copy instead.
     }
-    // mremap may move to an address without the alignment: allocate, copy, free.
+    // Over-aligned (mremap may move to an address without the alignment) or not remappable:
+    // allocate, copy, free.
     let (q, q_len) = alloc(cache, new, align, false)?;
     // SAFETY: both blocks are live, distinct mappings of at least `min(old, new)` bytes.
     unsafe {

@@ -137,6 +137,32 @@ pub unsafe fn remap(p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8
     NonNull::new(q.cast())
 }
 
+/// Moves the pages of `[src, src + len)` to `[dst, dst + len)`, replacing whatever was mapped
+/// there, without copying or faulting them: resident pages stay resident.
+///
+/// # Safety
+/// `[src, src + len)` lies in one mapping made by this module that nobody uses any more;
+/// `[dst, dst + len)` lies in a mapping of ours whose contents there may be discarded; both are
+/// page-aligned and disjoint. Afterwards `[src, src + len)` is unmapped.
+pub unsafe fn move_pages(src: usize, len: usize, dst: usize) -> bool {
+    // SAFETY: the caller promises both ranges are ours; MREMAP_FIXED replaces the destination.
+    let q = unsafe {
+        libc::mremap(
+            src as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dst as *mut libc::c_void,
+        )
+    };
+    if q == libc::MAP_FAILED {
+        return false;
+    }
+    // The destination was already counted; the source range is gone.
+    MAPPED.fetch_sub(len, Ordering::Relaxed);
+    true
+}
+
 /// Milliseconds on a monotonic clock (coarse: a vDSO read, no syscall). Used only on slow paths.
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {

@@ -126,3 +126,26 @@ fn lifo_and_fifo_bulk_frees_reuse_memory() {
         drop(blocks);
     }
 }
+
+/// A large block bigger than every cached mapping is assembled: the largest mapping grows and the
+/// others' resident pages are moved into its tail. Such a block spans several kernel mappings,
+/// which `mremap` refuses, so growing it again must fall back to a copy rather than fail.
+#[test]
+fn large_blocks_assembled_from_cached_mappings_grow_and_keep_contents() {
+    std::thread::spawn(|| {
+        let parts: Vec<Vec<u8>> = [300_000, 500_000, 700_000]
+            .iter()
+            .map(|&n| vec![1u8; n])
+            .collect();
+        drop(std::hint::black_box(parts));
+        let mut v = std::hint::black_box(vec![7u8; 1_400_000]);
+        assert!(v.iter().all(|&x| x == 7));
+        v.resize(3_000_000, 9);
+        v.resize(6_000_000, 5);
+        assert!(v[..1_400_000].iter().all(|&x| x == 7));
+        assert!(v[1_400_000..3_000_000].iter().all(|&x| x == 9));
+        assert!(v[3_000_000..].iter().all(|&x| x == 5));
+    })
+    .join()
+    .unwrap();
+}
