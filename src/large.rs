@@ -9,7 +9,11 @@
 //!
 //! Freed mappings stay in a per-heap cache of `SLOTS` entries (at most `CACHE_BYTES`); the heap
 //! unmaps them when it purges. Page faults are costly on the machines we measure on, so reusing a
-//! mapping whose pages are already resident is the point of the cache.
+//! mapping whose pages are already resident is the point of the cache. When no cached mapping
+//! fits, one that is too big is split (the block takes a prefix, the rest stays cached) and one
+//! that is too small grows, its new tail filled with other cached mappings' resident pages moved
+//! there by `mremap` (`LargeCache::fill`). Such an assembled mapping may span several kernel
+//! mappings, which `mremap` refuses to resize; `realloc` then copies instead.
 
 use crate::os::{self, PAGE_SIZE};
 use core::cell::Cell;
