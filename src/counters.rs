@@ -4,7 +4,7 @@
 //! read-modify-write), and any thread may read it; readers sum heaps to get process figures. The
 //! public API over these numbers is in `stats`.
 //!
-//! **Net bytes and peaks.** `net()` is bytes allocated minus bytes freed by the owning thread. An
+//! **Net bytes and peaks.** `net()` is bytes allocated minus bytes freed by the owning thread. The
 //! fast path keeps two owner-only *rooms* instead of comparing `net` with marks: `alloc_room` is how
 //! far `net` may rise before the next mark, `free_room` how far it may fall; an allocation takes
 //! from one and gives to the other, and a room going negative sends the operation to the slow
@@ -15,7 +15,8 @@
 //! its last publication (the same rooms), so the fast path touches no
 //! shared cache line. Hence at any moment `|LIVE - true live| <= threads * PUBLISH_THRESHOLD`, and
 //! the process peak `PEAK` (the maximum `LIVE` ever took) is within the same bound of the true peak;
-//! the memory limit is checked against `LIVE` at publication, with the same slack.
+//! the memory limit is checked against `LIVE` (`admits`) only for a request that would publish,
+//! with the same slack.
 
 use crate::size_class::CLASSES;
 use core::cell::Cell;
@@ -86,34 +87,88 @@ pub static PEAK: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
 /// Live-byte limit (`u64::MAX` for none).
 pub static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Totals folded in from heaps whose threads exited.
-pub struct Exited {
-    pub net: AtomicI64,
-    pub freed: AtomicU64,
-    pub reallocs: AtomicU64,
-    pub realloc_allocs: AtomicU64,
-    pub realloc_frees: AtomicU64,
-    pub large_allocs: AtomicU64,
-    pub large_frees: AtomicU64,
-    pub large_active: AtomicI64,
-    pub large_live: AtomicI64,
-    pub class_allocs: [AtomicU64; CLASSES],
-    pub class_frees: [AtomicU64; CLASSES],
+/// Sums of per-thread counters, as plain integers: what `stats()` adds up, and what the registry
+/// keeps (under its lock) for threads that exited.
+#[derive(Clone, Copy)]
+pub struct Totals {
+    pub net: i64,
+    pub freed: u64,
+    pub reallocs: u64,
+    pub realloc_allocs: u64,
+    pub realloc_frees: u64,
+    pub large_allocs: u64,
+    pub large_frees: u64,
+    pub large_active: i64,
+    pub large_live: i64,
+    pub class_allocs: [u64; CLASSES],
+    pub class_frees: [u64; CLASSES],
 }
 
-pub static EXITED: Exited = Exited {
-    net: AtomicI64::new(0),
-    freed: AtomicU64::new(0),
-    reallocs: AtomicU64::new(0),
-    realloc_allocs: AtomicU64::new(0),
-    realloc_frees: AtomicU64::new(0),
-    large_allocs: AtomicU64::new(0),
-    large_frees: AtomicU64::new(0),
-    large_active: AtomicI64::new(0),
-    large_live: AtomicI64::new(0),
-    class_allocs: [const { AtomicU64::new(0) }; CLASSES],
-    class_frees: [const { AtomicU64::new(0) }; CLASSES],
-};
+impl Totals {
+    pub const ZERO: Totals = Totals {
+        net: 0,
+        freed: 0,
+        reallocs: 0,
+        realloc_allocs: 0,
+        realloc_frees: 0,
+        large_allocs: 0,
+        large_frees: 0,
+        large_active: 0,
+        large_live: 0,
+        class_allocs: [0; CLASSES],
+        class_frees: [0; CLASSES],
+    };
+
+    /// Adds one heap's counters and its per-class `(allocs, frees)` counters.
+    pub fn add<'a>(
+        &mut self,
+        c: &ThreadCounters,
+        classes: impl Iterator<Item = (&'a Counter, &'a Counter)>,
+    ) {
+        self.net += c.net();
+        self.freed += c.freed.get();
+        self.reallocs += c.reallocs.get();
+        self.realloc_allocs += c.realloc_allocs.get();
+        self.realloc_frees += c.realloc_frees.get();
+        self.large_allocs += c.large_allocs.get();
+        self.large_frees += c.large_frees.get();
+        self.large_active += c.large_active.load(Relaxed);
+        self.large_live += c.large_live.load(Relaxed);
+        for (i, (a, f)) in classes.enumerate() {
+            self.class_allocs[i] += a.get();
+            self.class_frees[i] += f.get();
+        }
+    }
+
+    /// Adds another set of totals.
+    pub fn add_totals(&mut self, o: &Totals) {
+        self.net += o.net;
+        self.freed += o.freed;
+        self.reallocs += o.reallocs;
+        self.realloc_allocs += o.realloc_allocs;
+        self.realloc_frees += o.realloc_frees;
+        self.large_allocs += o.large_allocs;
+        self.large_frees += o.large_frees;
+        self.large_active += o.large_active;
+        self.large_live += o.large_live;
+        for i in 0..CLASSES {
+            self.class_allocs[i] += o.class_allocs[i];
+            self.class_frees[i] += o.class_frees[i];
+        }
+    }
+
+    /// `alloc` and `alloc_zeroed` calls: blocks handed out, less those handed out inside `realloc`.
+    pub fn allocations(&self) -> u64 {
+        let small: u64 = self.class_allocs.iter().sum();
+        (small + self.large_allocs).saturating_sub(self.realloc_allocs)
+    }
+
+    /// `dealloc` calls, likewise.
+    pub fn deallocations(&self) -> u64 {
+        let small: u64 = self.class_frees.iter().sum();
+        (small + self.large_frees).saturating_sub(self.realloc_frees)
+    }
+}
 
 impl ThreadCounters {
     pub const fn new() -> Self {
@@ -272,53 +327,35 @@ impl ThreadCounters {
         self.refresh_marks();
     }
 
-    /// Moves everything into `EXITED` and the published total, leaving the counters (and the
-    /// per-class counters given) at zero. Called by the owner as its thread exits, under the
-    /// registry lock, so that `stats()` never sees a thread both in its heap and in `EXITED`.
-    pub fn fold_into_exited<'a>(&self, classes: impl Iterator<Item = (&'a Counter, &'a Counter)>) {
-        let net = self.net();
-        LIVE.fetch_add(net - self.published.get(), Relaxed);
-        EXITED.net.fetch_add(net, Relaxed);
-        EXITED.freed.fetch_add(self.freed.get(), Relaxed);
-        EXITED.reallocs.fetch_add(self.reallocs.get(), Relaxed);
-        EXITED
-            .realloc_allocs
-            .fetch_add(self.realloc_allocs.get(), Relaxed);
-        EXITED
-            .realloc_frees
-            .fetch_add(self.realloc_frees.get(), Relaxed);
-        EXITED
-            .large_allocs
-            .fetch_add(self.large_allocs.get(), Relaxed);
-        EXITED
-            .large_frees
-            .fetch_add(self.large_frees.get(), Relaxed);
-        EXITED
-            .large_active
-            .fetch_add(self.large_active.load(Relaxed), Relaxed);
-        EXITED
-            .large_live
-            .fetch_add(self.large_live.load(Relaxed), Relaxed);
-        for (c, (a, f)) in classes.enumerate() {
-            EXITED.class_allocs[c].fetch_add(a.get(), Relaxed);
-            EXITED.class_frees[c].fetch_add(f.get(), Relaxed);
+    /// Moves everything into `exited` (the registry's totals of exited threads) and the published
+    /// total, leaving the counters and the per-class counters given at zero. Called by the owner as
+    /// its thread exits, under the registry lock, so that a reader summing heaps and `exited` under
+    /// the same lock never sees a thread twice.
+    pub fn fold_into<'a, I>(&self, exited: &mut Totals, classes: I)
+    where
+        I: Iterator<Item = (&'a Counter, &'a Counter)> + Clone,
+    {
+        LIVE.fetch_add(self.net() - self.published.get(), Relaxed);
+        exited.add(self, classes.clone());
+        for (a, f) in classes {
             a.set(0);
             f.set(0);
         }
-        for c in [
+        let counters = [
             &self.allocated,
             &self.freed,
             &self.reallocs,
             &self.realloc_allocs,
-        ] {
+            &self.realloc_frees,
+            &self.large_allocs,
+            &self.large_frees,
+        ];
+        for c in counters {
             c.set(0);
         }
-        for c in [&self.realloc_frees, &self.large_allocs, &self.large_frees] {
-            c.set(0);
+        for g in [&self.peak, &self.large_active, &self.large_live] {
+            g.store(0, Relaxed);
         }
-        self.peak.store(0, Relaxed);
-        self.large_active.store(0, Relaxed);
-        self.large_live.store(0, Relaxed);
         self.published.set(0);
         self.refresh_marks();
     }

@@ -4,8 +4,9 @@
 //! Each heap has one **bin** per size class: an intrusive LIFO list of free blocks with a count and
 //! a limit. `alloc` pops from the bin of the request's class; `dealloc` pushes onto it. The class
 //! comes from the `Layout`, which `dealloc` receives too, so a free needs no lookup at all. Neither
-//! touches a lock or an atomic read-modify-write: about 10 instructions each plus the statistics
-//! (`counters`), which take the size from a precomputed room and test its sign.
+//! touches a lock or an atomic read-modify-write. The statistics (`counters`) take the size from a
+//! precomputed room and test its sign. Measured with `benches/callgrind.sh 64`: 73 instructions per
+//! alloc+free pair through `GlobalAlloc`, about 12 of them loop and call glue; 59 without stats.
 //!
 //! # Slow paths (`#[cold]`)
 //! - **Refill** (bin empty): take up to half a bin of blocks from the first page in the class's
@@ -36,7 +37,7 @@
 //! than `PURGE_BOUND` bytes are dirty, the next slow path walks the heap's segments, releases empty
 //! pages and segments, and purges the OS pages inside free medium blocks.
 
-use crate::counters::{Counter, ThreadCounters};
+use crate::counters::{Counter, ThreadCounters, Totals};
 use crate::large::{self, LargeCache};
 use crate::os;
 use crate::remote::RemoteList;
@@ -45,7 +46,7 @@ use crate::size_class::{self, CLASSES};
 use crate::sync::SpinLock;
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Dirty bytes a heap may hold before it purges regardless of their age.
@@ -130,8 +131,13 @@ impl Heap {
         }
     }
 
-    pub fn next_all(&self) -> *mut Heap {
-        self.next_all.get()
+    /// Adds this heap's counters to `t`.
+    pub fn add_to(&self, t: &mut Totals) {
+        t.add(&self.counters, self.class_counters());
+    }
+
+    fn class_counters(&self) -> impl Iterator<Item = (&Counter, &Counter)> + Clone {
+        self.bins.iter().map(|b| (&b.allocs, &b.frees))
     }
 
     pub fn is_live(&self) -> bool {
@@ -344,10 +350,20 @@ unsafe fn free_small(heap: &Heap, b: *mut Block, class: usize, size: usize) {
         // SAFETY: forwarded caller promise.
         return unsafe { free_small_slow(heap, b, class, size) };
     }
-    // SAFETY: the block is ours to reuse; its first word becomes the bin link.
+    // SAFETY: the caller gives the block up.
+    unsafe { push(bin, b) }
+}
+
+/// Pushes a freed block onto a bin and counts it taken back.
+///
+/// # Safety
+/// `b` is a block of the bin's class that nobody uses any more; the bin is below its limit.
+#[inline(always)]
+unsafe fn push(bin: &Bin, b: *mut Block) {
+    // SAFETY: the block is ours to reuse (caller promise); its first word becomes the bin link.
     unsafe { (*b).next = bin.head.get() };
     bin.head.set(b);
-    bin.count.set(count + 1);
+    bin.count.set(bin.count.get() + 1);
     if cfg!(feature = "stats") {
         bin.frees.add(1);
     }
@@ -370,13 +386,8 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
     if bin.count.get() >= bin.limit.get() {
         flush(heap, class, bin.limit.get() / 2);
     }
-    // SAFETY: as in `free_small`.
-    unsafe { (*b).next = bin.head.get() };
-    bin.head.set(b);
-    bin.count.set(bin.count.get() + 1);
-    if cfg!(feature = "stats") {
-        bin.frees.add(1);
-    }
+    // SAFETY: the caller gives the block up; the flush made room.
+    unsafe { push(bin, b) };
     maybe_purge(heap);
 }
 
@@ -786,12 +797,15 @@ unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
 // ---------------------------------------------------------------------------------------------
 // Thread lifecycle and the registry of heaps.
 
+/// Every heap ever made (`all`, linked by `next_all`), the orphans among them, the number owned by
+/// live threads, the metadata arena heaps are carved from, and the totals of exited threads.
 struct Registry {
     all: *mut Heap,
     orphans: *mut Heap,
     live: usize,
     arena: usize,
     arena_end: usize,
+    exited: Totals,
 }
 
 // SAFETY: only addresses of heaps (which live forever) are stored; access is under the lock.
@@ -803,10 +817,16 @@ static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
     live: 0,
     arena: 0,
     arena_end: 0,
+    exited: Totals::ZERO,
 });
 
-/// The heap for threads past their exit destructor, used under its lock.
-static FALLBACK: SpinLock<()> = SpinLock::new(());
+/// The heap for threads past their exit destructor (made on first use), used under its lock.
+static FALLBACK: SpinLock<FallbackHeap> = SpinLock::new(FallbackHeap(ptr::null_mut()));
+
+struct FallbackHeap(*mut Heap);
+
+// SAFETY: the pointer is to a heap that lives forever; the lock serialises its users.
+unsafe impl Send for FallbackHeap {}
 
 const KEY_UNSET: u8 = 0;
 const KEY_BUSY: u8 = 1;
@@ -815,20 +835,19 @@ const KEY_FAILED: u8 = 3;
 static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_UNSET);
 static mut KEY: libc::pthread_key_t = 0;
 
-/// Calls `f(Some(heap))` for every heap ever created and then `f(None)`, all under the registry
-/// lock, and returns the number of live threads. Exiting threads fold their counters into the
-/// exited totals under the same lock, so a reader that sums the heaps and the exited totals in `f`
-/// counts every thread exactly once.
-pub fn for_each_heap(mut f: impl FnMut(Option<&Heap>)) -> usize {
+/// Adds every heap's counters and the exited threads' totals to `t`, under the registry lock, and
+/// returns the number of live threads. Exiting threads fold their counters into the exited totals
+/// under the same lock, so every thread is counted exactly once.
+pub fn sum_heaps(t: &mut Totals) -> usize {
     let reg = REGISTRY.lock();
     let mut h = reg.all;
     while !h.is_null() {
         // SAFETY: registered heaps live forever.
         let heap = unsafe { &*h };
-        f(Some(heap));
-        h = heap.next_all();
+        heap.add_to(t);
+        h = heap.next_all.get();
     }
-    f(None);
+    t.add_totals(&reg.exited);
     reg.live
 }
 
@@ -916,7 +935,7 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     heap.state.set(STATE_DEAD);
     let mut reg = REGISTRY.lock();
     heap.counters
-        .fold_into_exited(heap.bins.iter().map(|b| (&b.allocs, &b.frees)));
+        .fold_into(&mut reg.exited, heap.class_counters());
     heap.next_orphan.set(reg.orphans);
     reg.orphans = heap_ptr;
     reg.live -= 1;
@@ -938,10 +957,11 @@ fn ensure_key() -> bool {
                         let ok =
                             libc::pthread_key_create(ptr::addr_of_mut!(KEY), Some(on_thread_exit))
                                 == 0;
+                        // Parent and child both just release what `fork_prepare` took.
                         libc::pthread_atfork(
                             Some(fork_prepare),
                             Some(fork_parent),
-                            Some(fork_child),
+                            Some(fork_parent),
                         );
                         ok
                     };
@@ -953,23 +973,17 @@ fn ensure_key() -> bool {
     }
 }
 
-fn fallback_heap_ref() -> &'static Heap {
-    // SAFETY: only called inside `with_fallback`, which set the fallback heap up.
-    unsafe { &*FALLBACK_PTR.load(Ordering::Relaxed) }
-}
-
-static FALLBACK_PTR: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
-
 /// Runs `f` on the shared fallback heap under its lock; null-like default if none can be made.
 fn with_fallback<R: Default>(f: impl FnOnce(&Heap) -> R) -> R {
-    let _guard = FALLBACK.lock();
-    if FALLBACK_PTR.load(Ordering::Relaxed).is_null() {
+    let mut fallback = FALLBACK.lock();
+    if fallback.0.is_null() {
         match adopt_heap(false) {
-            Some(h) => FALLBACK_PTR.store(h, Ordering::Relaxed),
+            Some(h) => fallback.0 = h,
             None => return R::default(),
         }
     }
-    f(fallback_heap_ref())
+    // SAFETY: heaps live forever; holding the lock makes us the heap's only user.
+    f(unsafe { &*fallback.0 })
 }
 
 extern "C" fn fork_prepare() {
@@ -985,10 +999,6 @@ extern "C" fn fork_parent() {
         REGISTRY.raw_unlock();
         FALLBACK.raw_unlock();
     }
-}
-
-extern "C" fn fork_child() {
-    fork_parent();
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ fn class_len(need: usize) -> Option<usize> {
 }
 
 /// Whether `size` with `align` can ever be mapped (the check happens before any accounting).
+/// Alignments above 1 TiB are refused outright: over-mapping for them would ask for more address
+/// space than a 47-bit user space has room to trim from.
 pub fn is_mappable(size: usize, align: usize) -> bool {
     align <= 1 << 40
         && offset_for(align)
@@ -69,8 +71,9 @@ unsafe fn header(p: *mut u8) -> *mut Header {
 
 /// A per-heap cache of freed large mappings.
 ///
-/// Invariants: `slots[i] = (base, len)` with `base == 0` for an empty slot; every cached mapping is
-/// a whole mapping of `len` bytes that nobody uses; `bytes` is the sum of the cached `len`s.
+/// Invariants: `slots[i] = (base, len)` with `base == 0` for an empty slot; every cached range is a
+/// page-aligned range of `len` bytes of our mappings that nobody uses (a whole mapping, or a piece
+/// of one after a split); `bytes` is the sum of the cached `len`s.
 pub struct LargeCache {
     slots: [Cell<(usize, usize)>; SLOTS],
     next: Cell<usize>,
@@ -97,10 +100,22 @@ impl LargeCache {
                 best = Some(slot);
             }
         }
-        let slot = best?;
+        Some(self.empty(best?))
+    }
+
+    /// Empties a slot and returns what it held.
+    fn empty(&self, slot: &Cell<(usize, usize)>) -> (usize, usize) {
         let (base, len) = slot.replace((0, 0));
         self.bytes.set(self.bytes.get() - len);
-        Some((base, len))
+        (base, len)
+    }
+
+    /// The slot holding the largest cached range, if any.
+    fn largest(&self) -> Option<&Cell<(usize, usize)>> {
+        self.slots
+            .iter()
+            .filter(|s| s.get().0 != 0)
+            .max_by_key(|s| s.get().1)
     }
 
     /// Takes the largest cached mapping, to be resized, if the alignment allows moving it.
@@ -108,14 +123,7 @@ impl LargeCache {
         if align > PAGE_SIZE {
             return None;
         }
-        let slot = self
-            .slots
-            .iter()
-            .filter(|s| s.get().0 != 0)
-            .max_by_key(|s| s.get().1)?;
-        let (base, len) = slot.replace((0, 0));
-        self.bytes.set(self.bytes.get() - len);
-        Some((base, len))
+        Some(self.empty(self.largest()?))
     }
 
     /// Moves the resident pages of cached mappings into `[dst, dst + len)` (the fresh, not yet
@@ -123,26 +131,18 @@ impl LargeCache {
     /// mapping larger than what is left is split: its remainder stays cached.
     fn fill(&self, mut dst: usize, mut len: usize) {
         while len > 0 {
-            let Some(slot) = self
-                .slots
-                .iter()
-                .filter(|s| s.get().0 != 0)
-                .max_by_key(|s| s.get().1)
-            else {
-                return;
-            };
-            let (base, slot_len) = slot.replace((0, 0));
-            self.bytes.set(self.bytes.get() - slot_len);
+            let Some(slot) = self.largest() else { return };
+            let (base, slot_len) = self.empty(slot);
             let n = slot_len.min(len);
-            // SAFETY: the cached mapping is whole and unused (struct invariant); `dst` is the
-            // caller's own fresh range, disjoint from every cached mapping.
+            // SAFETY: the cached range is ours and unused (struct invariant); `dst` is the
+            // caller's own fresh range, disjoint from every cached range.
             if !unsafe { os::move_pages(base, n, dst) } {
-                // SAFETY: it is still a whole, unused mapping.
+                // SAFETY: it is still a range of ours, unused.
                 unsafe { self.put(base, slot_len) };
                 return;
             }
             if n < slot_len {
-                // SAFETY: the rest of the cached mapping is still mapped, whole and unused.
+                // SAFETY: the rest of the cached range is still mapped and unused.
                 unsafe { self.put(base + n, slot_len - n) };
             }
             dst += n;
@@ -150,10 +150,10 @@ impl LargeCache {
         }
     }
 
-    /// Takes back a whole mapping: cached if it fits, otherwise unmapped.
+    /// Takes back a range: cached if it fits, otherwise unmapped.
     ///
     /// # Safety
-    /// `[base, base + len)` is a whole large mapping that nobody uses any more.
+    /// `[base, base + len)` is a page-aligned range of our large mappings that nobody uses any more.
     unsafe fn put(&self, base: usize, len: usize) {
         if len > MAX_CACHED {
             // SAFETY: caller promise.
@@ -174,7 +174,7 @@ impl LargeCache {
         self.bytes.set(self.bytes.get() + len);
         if old != 0 {
             self.bytes.set(self.bytes.get() - old_len);
-            // SAFETY: cached mappings are whole and unused (struct invariant).
+            // SAFETY: cached ranges are ours and unused (struct invariant).
             unsafe { unmap(old, old_len) };
         }
         while self.bytes.get() > CACHE_BYTES {
@@ -184,9 +184,8 @@ impl LargeCache {
 
     fn evict_one(&self) {
         if let Some(slot) = self.slots.iter().find(|s| s.get().0 != 0) {
-            let (base, len) = slot.replace((0, 0));
-            self.bytes.set(self.bytes.get() - len);
-            // SAFETY: cached mappings are whole and unused (struct invariant).
+            let (base, len) = self.empty(slot);
+            // SAFETY: cached ranges are ours and unused (struct invariant).
             unsafe { unmap(base, len) };
         }
     }
@@ -200,18 +199,19 @@ impl LargeCache {
 }
 
 /// # Safety
-/// `[base, base + len)` is a whole large mapping (alignment at most `PAGE_SIZE` relied on) that
-/// belongs to the caller.
+/// `[base, base + len)` is a page-aligned range of our large mappings that belongs to the caller,
+/// with no alignment beyond `PAGE_SIZE` relied on. (A range spanning several kernel mappings makes
+/// `mremap` fail, which is reported as `None`.)
 unsafe fn remap(base: usize, len: usize, new_len: usize) -> Option<usize> {
-    // SAFETY: caller promise; `base` is non-null because it starts a mapping.
+    // SAFETY: caller promise; `base` is non-null because it starts a range of ours.
     unsafe { os::remap(NonNull::new_unchecked(base as *mut u8), len, new_len) }
         .map(|q| q.as_ptr() as usize)
 }
 
 /// # Safety
-/// `[base, base + len)` is a whole large mapping that nobody uses any more.
+/// `[base, base + len)` is a page-aligned range of our large mappings that nobody uses any more.
 unsafe fn unmap(base: usize, len: usize) {
-    // SAFETY: caller promise; `base` is non-null because it starts a mapping.
+    // SAFETY: caller promise; `base` is non-null because it starts a range of ours.
     unsafe { os::unmap(NonNull::new_unchecked(base as *mut u8), len) };
 }
 
@@ -233,14 +233,14 @@ pub fn alloc(
                 // Too big to hand out whole: use a prefix and keep the rest (resident) cached.
                 Some((old_base, old_len)) if old_len >= len => {
                     if old_len > len {
-                        // SAFETY: the rest of a whole unused mapping is itself whole and unused.
+                        // SAFETY: the rest of an unused range of ours is itself one.
                         unsafe { cache.put(old_base + len, old_len - len) };
                     }
                     (old_base, len, false)
                 }
                 // Too small: grow it; its resident pages stay, and the new tail takes resident
                 // pages from other cached mappings where there are any.
-                // SAFETY: the cached mapping is whole, unused, and now ours.
+                // SAFETY: the cached range is unused and now ours.
                 Some((old_base, old_len)) => match unsafe { remap(old_base, old_len, len) } {
                     Some(base) => {
                         if len > old_len {

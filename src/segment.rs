@@ -73,7 +73,10 @@ impl Chain {
 ///
 /// Invariants, for a page in use (`class != NO_CLASS`):
 /// - small: `used + len(free) + (capacity - bump) == capacity`; `free` links only blocks of this page.
-/// - medium: `used + popcount(free_mask) == capacity`; `purged_mask ⊆ free_mask`; `free` is null.
+/// - medium: `used + popcount(free_mask) == capacity`; `purged_mask ⊆ free_mask`; `free` is null;
+///   `bump == capacity` (no lazy carving: the bitmap covers every block).
+/// - `empty_dirty` is set only on a small page, exactly while its emptiness is counted in its
+///   heap's dirty bytes (`put_run` sets it, `take` and the page's release clear it).
 /// - `in_queue` is true iff the page is linked (`next`/`prev`) in its heap's queue for `class`,
 ///   and a page with a free block is always in the queue.
 #[repr(C)]

@@ -19,7 +19,7 @@
 //! Build without the default `stats` feature to remove the counters from the fast path; every
 //! figure except `mapped_bytes`, `resident_bytes` and `threads` then reads zero.
 
-use crate::counters::{self, EXITED, LIMIT, LIVE, PEAK};
+use crate::counters::{self, Totals, LIMIT, LIVE, PEAK};
 use crate::heap::{self, Heap};
 use crate::os;
 use crate::size_class::{self, CLASSES};
@@ -126,82 +126,6 @@ impl Measurement {
     }
 }
 
-/// Sums over a set of heaps, kept on the stack (summing must not allocate: it runs under the
-/// registry lock).
-#[derive(Clone, Copy)]
-struct Totals {
-    net: i64,
-    freed: u64,
-    reallocs: u64,
-    realloc_allocs: u64,
-    realloc_frees: u64,
-    large_allocs: u64,
-    large_frees: u64,
-    large_active: i64,
-    large_live: i64,
-    class_allocs: [u64; CLASSES],
-    class_frees: [u64; CLASSES],
-}
-
-impl Totals {
-    const ZERO: Totals = Totals {
-        net: 0,
-        freed: 0,
-        reallocs: 0,
-        realloc_allocs: 0,
-        realloc_frees: 0,
-        large_allocs: 0,
-        large_frees: 0,
-        large_active: 0,
-        large_live: 0,
-        class_allocs: [0; CLASSES],
-        class_frees: [0; CLASSES],
-    };
-
-    fn add_heap(&mut self, h: &Heap) {
-        let c = &h.counters;
-        self.net += c.net();
-        self.freed += c.freed.get();
-        self.reallocs += c.reallocs.get();
-        self.realloc_allocs += c.realloc_allocs.get();
-        self.realloc_frees += c.realloc_frees.get();
-        self.large_allocs += c.large_allocs.get();
-        self.large_frees += c.large_frees.get();
-        self.large_active += c.large_active.load(Relaxed);
-        self.large_live += c.large_live.load(Relaxed);
-        for (i, bin) in h.bins.iter().enumerate() {
-            self.class_allocs[i] += bin.allocs.get();
-            self.class_frees[i] += bin.frees.get();
-        }
-    }
-
-    fn add_exited(&mut self) {
-        self.net += EXITED.net.load(Relaxed);
-        self.freed += EXITED.freed.load(Relaxed);
-        self.reallocs += EXITED.reallocs.load(Relaxed);
-        self.realloc_allocs += EXITED.realloc_allocs.load(Relaxed);
-        self.realloc_frees += EXITED.realloc_frees.load(Relaxed);
-        self.large_allocs += EXITED.large_allocs.load(Relaxed);
-        self.large_frees += EXITED.large_frees.load(Relaxed);
-        self.large_active += EXITED.large_active.load(Relaxed);
-        self.large_live += EXITED.large_live.load(Relaxed);
-        for i in 0..CLASSES {
-            self.class_allocs[i] += EXITED.class_allocs[i].load(Relaxed);
-            self.class_frees[i] += EXITED.class_frees[i].load(Relaxed);
-        }
-    }
-
-    fn allocations(&self) -> u64 {
-        let small: u64 = self.class_allocs.iter().sum();
-        (small + self.large_allocs).saturating_sub(self.realloc_allocs)
-    }
-
-    fn deallocations(&self) -> u64 {
-        let small: u64 = self.class_frees.iter().sum();
-        (small + self.large_frees).saturating_sub(self.realloc_frees)
-    }
-}
-
 fn clamp(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -223,11 +147,7 @@ fn clamp(v: i64) -> u64 {
 /// ```
 pub fn stats() -> Stats {
     let mut t = Totals::ZERO;
-    // The exited totals are read under the same lock as the heaps (see `for_each_heap`).
-    let threads = heap::for_each_heap(|h| match h {
-        Some(h) => t.add_heap(h),
-        None => t.add_exited(),
-    }) as u64;
+    let threads = heap::sum_heaps(&mut t) as u64;
     let live = clamp(t.net);
     let mut size_classes = Vec::new();
     let mut active = clamp(t.large_active);
@@ -278,7 +198,7 @@ pub fn reset_peak() {
 
 fn thread_totals(h: &Heap) -> Totals {
     let mut t = Totals::ZERO;
-    t.add_heap(h);
+    h.add_to(&mut t);
     t
 }
 

@@ -112,7 +112,7 @@ fn realloc_grows_and_shrinks_across_small_medium_and_large() {
 }
 
 #[test]
-fn lifo_and_fifo_bulk_frees_reuse_memory() {
+fn lifo_and_fifo_bulk_frees_keep_every_block_intact() {
     for order in 0..2 {
         let mut blocks: Vec<Box<[u8; 48]>> =
             (0..100_000).map(|i| Box::new([i as u8; 48])).collect();

@@ -120,3 +120,43 @@ fn allocation_inside_thread_local_destructors() {
         h.join().unwrap();
     }
 }
+
+/// glibc runs pthread key destructors in key order. perfalloc's key was made by the process's first
+/// allocation, so this key's destructor runs after perfalloc handed the thread's heap back: every
+/// allocation and free in it goes through the shared fallback heap.
+#[test]
+fn allocation_after_the_allocators_own_thread_exit_cleanup() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static OK: AtomicUsize = AtomicUsize::new(0);
+    static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+    extern "C" fn late_destructor(_: *mut libc::c_void) {
+        let small: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        let large = std::hint::black_box(vec![3u8; 1 << 20]);
+        if small[999] == "999" && large.iter().all(|&x| x == 3) {
+            OK.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let key = *KEY.get_or_init(|| {
+        let mut key = 0;
+        // SAFETY (test): a valid out-pointer and destructor.
+        assert_eq!(
+            unsafe { libc::pthread_key_create(&mut key, Some(late_destructor)) },
+            0
+        );
+        key
+    });
+    let before = OK.load(Ordering::SeqCst);
+    let hs: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                drop(std::hint::black_box(vec![0u8; 100])); // the thread has a heap
+                                                            // SAFETY (test): any non-null value makes the destructor run at thread exit.
+                unsafe { libc::pthread_setspecific(key, 1 as *mut libc::c_void) };
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(OK.load(Ordering::SeqCst) - before, 8);
+}
