@@ -38,6 +38,7 @@
 //! pages and segments, and purges the OS pages inside free medium blocks.
 
 use crate::counters::{Counter, ThreadCounters, Totals};
+use crate::extent;
 use crate::large::{self, LargeCache};
 use crate::os;
 use crate::remote::RemoteList;
@@ -725,6 +726,7 @@ fn purge(heap: &Heap) {
         }
     }
     heap.large.clear();
+    extent::maybe_purge();
     heap.dirty_bytes.set(0);
     heap.purge_deadline.set(0);
 }
@@ -783,7 +785,7 @@ unsafe fn free_large(p: *mut u8, size: usize) {
 unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
     heap.counters.free_slow(size);
     // SAFETY: forwarded caller promise.
-    let len = unsafe { large::free(&heap.large, p) };
+    let len = unsafe { large::free(&heap.large, p, size) };
     if cfg!(feature = "stats") {
         let c = &heap.counters;
         c.large_frees.add(1);
@@ -870,6 +872,7 @@ pub fn trim_current() {
         drain_remote(heap);
         purge(heap);
     }
+    extent::purge_now();
 }
 
 /// Gives the calling thread a live heap if it can have one: adopts or creates one for a thread
@@ -990,9 +993,11 @@ extern "C" fn fork_prepare() {
     FALLBACK.raw_lock();
     REGISTRY.raw_lock();
     segment::lock_for_fork();
+    extent::lock_for_fork();
 }
 
 extern "C" fn fork_parent() {
+    extent::unlock_after_fork();
     segment::unlock_after_fork();
     // SAFETY: taken by `fork_prepare` on this thread.
     unsafe {

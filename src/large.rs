@@ -15,6 +15,7 @@
 //! there by `mremap` (`LargeCache::fill`). Such an assembled mapping may span several kernel
 //! mappings, which `mremap` refuses to resize; `realloc` then copies instead.
 
+use crate::extent;
 use crate::os::{self, PAGE_SIZE};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
@@ -223,6 +224,12 @@ pub fn alloc(
     align: usize,
     zero: bool,
 ) -> Option<(*mut u8, usize)> {
+    if extent::serves(size, align) {
+        if let Some(block) = extent::alloc(size, zero) {
+            return Some(block);
+        }
+        // The arena is full or could not grow: a mapping of its own may still be had.
+    }
     let offset = offset_for(align);
     let need = offset.checked_add(size)?;
     let (base, len, fresh) = match cache.take_fit(need, align.max(PAGE_SIZE)) {
@@ -280,8 +287,12 @@ pub fn alloc(
 /// Frees a large block; returns its mapping length.
 ///
 /// # Safety
-/// `p` came from `alloc`/`realloc` here and is no longer used.
-pub unsafe fn free(cache: &LargeCache, p: *mut u8) -> usize {
+/// `p` came from `alloc`/`realloc` here with `size` bytes and is no longer used.
+pub unsafe fn free(cache: &LargeCache, p: *mut u8, size: usize) -> usize {
+    if let Some(region) = extent::region_of(p) {
+        // SAFETY: forwarded caller promise; `p` is in the arena.
+        return unsafe { extent::free(region, p, size) };
+    }
     // SAFETY: caller promise: `p` is a live large block with its header.
     let Header { base, len } = unsafe { header(p).read() };
     // SAFETY: the header describes the block's whole mapping, which the caller gives up.
@@ -301,6 +312,22 @@ pub unsafe fn realloc(
     new: usize,
     align: usize,
 ) -> Option<(*mut u8, usize, usize)> {
+    if let Some(region) = extent::region_of(p) {
+        let old_len = extent::len_of(old);
+        if extent::serves(new, align) {
+            // SAFETY: forwarded caller promise; `p` is in the arena.
+            if let Some(new_len) = unsafe { extent::resize(region, p, old, new) } {
+                return Some((p, old_len, new_len));
+            }
+        }
+        let (q, q_len) = alloc(cache, new, align, false)?;
+        // SAFETY: both blocks are live and distinct, of at least `min(old, new)` bytes.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, old.min(new));
+            extent::free(region, p, old);
+        }
+        return Some((q, old_len, q_len));
+    }
     // SAFETY: caller promise: `p` is a live large block with its header.
     let Header { base, len } = unsafe { header(p).read() };
     let offset = p as usize - base;
@@ -340,7 +367,7 @@ pub unsafe fn realloc(
     // SAFETY: both blocks are live, distinct mappings of at least `min(old, new)` bytes.
     unsafe {
         ptr::copy_nonoverlapping(p, q, old.min(new));
-        free(cache, p);
+        free(cache, p, old);
     }
     Some((q, len, q_len))
 }

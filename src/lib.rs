@@ -13,6 +13,8 @@ pub mod buffer;
 #[cfg(not(loom))]
 mod counters;
 #[cfg(not(loom))]
+mod extent;
+#[cfg(not(loom))]
 mod global;
 #[cfg(not(loom))]
 mod heap;
