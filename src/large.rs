@@ -1,4 +1,8 @@
-//! Large blocks (above 128 KiB, or aligned beyond what a heap page can honour): one mapping each.
+//! Large blocks: above 128 KiB, or aligned beyond what a heap page can honour.
+//!
+//! Blocks of up to `extent::MAX_EXTENT` bytes aligned to at most `extent::GRANULE` come from the
+//! shared extent arena (`extent`), which reuses freed memory while it is resident. The rest, and
+//! any request the arena cannot serve, get a mapping each, described below.
 //!
 //! A mapping is `[base, base + len)`; the block starts at `p = base + offset` with
 //! `offset = max(PAGE_SIZE, align)`, and the last bytes before `p` hold a [`Header`] recording `base`
