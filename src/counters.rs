@@ -51,9 +51,12 @@ impl Counter {
 
 /// Counters of one heap. All byte figures are requested sizes (what the program asked for).
 ///
-/// Invariants (owner's view): `net() <= peak`; `alloc_room == min(peak, published +
-/// PUBLISH_THRESHOLD) - net()`; `free_room == net() - (published - PUBLISH_THRESHOLD)`; both rooms
-/// are `>= 0` between calls.
+/// Invariants (owner's view): `net() <= peak`; after each slow path, `alloc_room == min(peak,
+/// published + PUBLISH_THRESHOLD) - net()` and `free_room == net() - (published -
+/// PUBLISH_THRESHOLD)`, and the fast paths keep both equalities. A fast path that drives a room
+/// below zero (crossing a mark) sends its operation to the slow path, which accounts it from
+/// `allocated` and `freed` alone and recomputes both rooms; a room left below zero by an
+/// allocation that then failed only sends the next operation there too.
 pub struct ThreadCounters {
     /// Bytes allocated by this thread (reallocations count their new size).
     pub allocated: Counter,
@@ -196,27 +199,29 @@ impl ThreadCounters {
     }
 
     /// Fast path of an allocation of `size` bytes: true if it was accounted without crossing a
-    /// mark; false if the caller must go to its slow path (nothing was changed).
+    /// mark; false if the caller must go to its slow path, which accounts it from `allocated` and
+    /// `freed` and recomputes both rooms. The room is stored before it is tested, so that the
+    /// compiler can subtract in memory and branch on the flags (two instructions).
     #[inline(always)]
     pub fn try_alloc_fast(&self, size: usize) -> bool {
         if cfg!(feature = "stats") {
             let room = self.alloc_room.get() - size as i64;
+            self.alloc_room.set(room);
             if room < 0 {
                 return false;
             }
-            self.alloc_room.set(room);
             self.free_room.set(self.free_room.get() + size as i64);
             self.allocated.add(size as u64);
         }
         true
     }
 
-    /// An allocation that crosses `alloc_room`. If that only sets a new thread peak (nothing to
-    /// publish), account it here: a thread whose memory keeps growing (a producer) sets a new
-    /// peak with almost every allocation, and the full slow path for each would cost it dearly.
-    /// False (nothing changed) if the caller must take the slow path to publish. Called at the
-    /// top of the allocation slow path (a call from the fast path itself would make it save
-    /// registers on every allocation).
+    /// An allocation that crossed `alloc_room`. If it has nothing to publish (usually it only
+    /// sets a new thread peak), account it here: a thread whose memory keeps growing (a producer)
+    /// sets a new peak with almost every allocation, and the full slow path for each would cost it
+    /// dearly. False (nothing changed) if the caller must take the slow path to publish. Called
+    /// at the top of the allocation slow path (a call from the fast path itself would make it
+    /// save registers on every allocation).
     #[inline]
     pub fn new_peak(&self, size: usize) -> bool {
         if !cfg!(feature = "stats") {
@@ -226,11 +231,12 @@ impl ThreadCounters {
         if net - self.published.get() > PUBLISH_THRESHOLD {
             return false;
         }
-        // Below the publication mark, so the crossed mark was the peak: `net` is the new peak.
-        self.peak.store(net, Relaxed);
-        self.alloc_room.set(0);
-        self.free_room.set(self.free_room.get() + size as i64);
+        // Compared, not assumed: a room left low by a failed allocation is crossed below the peak.
+        if net > self.peak.load(Relaxed) {
+            self.peak.store(net, Relaxed);
+        }
         self.allocated.add(size as u64);
+        self.refresh_marks();
         true
     }
 
@@ -239,10 +245,10 @@ impl ThreadCounters {
     pub fn try_free_fast(&self, size: usize) -> bool {
         if cfg!(feature = "stats") {
             let room = self.free_room.get() - size as i64;
+            self.free_room.set(room);
             if room < 0 {
                 return false;
             }
-            self.free_room.set(room);
             self.alloc_room.set(self.alloc_room.get() + size as i64);
             self.freed.add(size as u64);
         }

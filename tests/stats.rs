@@ -290,6 +290,46 @@ fn a_refused_allocation_changes_no_figure() {
     );
 }
 
+/// A small allocation refused by the limit must leave the thread's marks where they were: the
+/// fast path takes its room before testing it, and a room left too low would make a later
+/// allocation, far below the thread's peak, look like a new peak.
+fn thread_peak_survives_a_refused_small_allocation() {
+    use std::alloc::{alloc, dealloc, Layout};
+    std::thread::spawn(|| {
+        let layout = Layout::from_size_align(1024, 8).unwrap();
+        let big: Vec<Vec<u8>> = (0..400).map(|_| vec![1u8; 1024]).collect();
+        drop(black_box(big));
+        let peak = thread_stats().peak_bytes;
+        assert!(peak >= 400 * 1024);
+        let mut kept = Vec::with_capacity(1000);
+        perfalloc::set_limit(Some(1));
+        // Small blocks go through until one would publish; that one is refused.
+        loop {
+            // SAFETY: non-zero size.
+            let p = unsafe { alloc(layout) };
+            if p.is_null() {
+                break;
+            }
+            kept.push(p);
+            assert!(kept.len() < 1000, "the limit refused nothing");
+        }
+        perfalloc::set_limit(None);
+        // One block back and one more: far below the peak, so no new peak.
+        let last = kept.pop().unwrap();
+        // SAFETY: allocated above with `layout`.
+        unsafe { dealloc(last, layout) };
+        // SAFETY: non-zero size.
+        kept.push(unsafe { alloc(layout) });
+        assert_eq!(thread_stats().peak_bytes, peak, "the thread peak moved");
+        for p in kept {
+            // SAFETY: allocated above with `layout`.
+            unsafe { dealloc(p, layout) };
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 fn counts_never_go_backwards_while_threads_exit() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
@@ -358,6 +398,10 @@ fn main() {
         (
             "a_refused_allocation_changes_no_figure",
             a_refused_allocation_changes_no_figure,
+        ),
+        (
+            "thread_peak_survives_a_refused_small_allocation",
+            thread_peak_survives_a_refused_small_allocation,
         ),
         (
             "counts_never_go_backwards_while_threads_exit",
