@@ -11,9 +11,9 @@
 //!
 //! Freed granules stay resident ("dirty") until a purge releases their pages with
 //! `MADV_DONTNEED`: a timed purge every `PURGE_DELAY_MS` while anything is dirty takes the granules
-//! that stayed free for a whole period (those in steady reuse stay), and one that runs at once
-//! when more than `DIRTY_BOUND` bytes are dirty takes them all. Regions with no block left are
-//! unmapped. Purged granules read as zero, which saves zeroing them
+//! that stayed free for a whole period (those in steady reuse stay) and unmaps regions that stayed
+//! empty; one that runs at once when more than `DIRTY_BOUND` bytes are dirty takes those, then
+//! the rest if still needed. Purged granules read as zero, which saves zeroing them
 //! for `alloc_zeroed`.
 //!
 //! The arena is shared by all threads under one lock: a large request writes or at least touches
@@ -106,13 +106,14 @@ pub struct RegionId(usize);
 
 /// The region holding `p`, a live large block, if it was allocated here. A direct mapping never
 /// lies in a region, and the region of a live block is never unmapped, so the answer is stable for
-/// as long as the block lives.
+/// as long as the block lives. (An empty slot holds 0, which a direct mapping in the lowest
+/// 128 MiB of the address space would match without the `base != 0` test.)
 #[inline]
 pub fn region_of(p: *mut u8) -> Option<RegionId> {
     let base = p as usize & !(REGION_SIZE - 1);
     BASES
         .iter()
-        .position(|b| b.load(Relaxed) == base)
+        .position(|b| base != 0 && b.load(Relaxed) == base)
         .map(RegionId)
 }
 
@@ -180,17 +181,24 @@ pub unsafe fn resize(RegionId(r): RegionId, p: *mut u8, old: usize, new: usize) 
     Some(n_new * GRANULE)
 }
 
-/// Purges if a purge is due. Cheap when none is: one relaxed load.
-pub fn maybe_purge() {
-    let deadline = DEADLINE.load(Relaxed);
-    if deadline != 0 && os::now_ms() >= deadline {
-        ARENA.lock().purge(false);
+/// Purges if a purge is due. Cheap when none is: one relaxed load. Returns whether a purge is
+/// still scheduled (dirty granules are left), so that an idle heap can come back for it.
+pub fn maybe_purge() -> bool {
+    let due = |deadline: u64| deadline != 0 && os::now_ms() >= deadline;
+    if due(DEADLINE.load(Relaxed)) {
+        let mut arena = ARENA.lock();
+        // Checked again under the lock: another thread may have just purged, and a second
+        // timed purge right after it would release what was freed a moment ago.
+        if due(DEADLINE.load(Relaxed)) {
+            arena.purge(Purge::Timed);
+        }
     }
+    DEADLINE.load(Relaxed) != 0
 }
 
 /// Purges now, whatever the delay (for `trim`).
 pub fn purge_now() {
-    ARENA.lock().purge(true);
+    ARENA.lock().purge(Purge::All);
 }
 
 pub(crate) fn lock_for_fork() {
@@ -255,24 +263,30 @@ impl Arena {
         region.used_granules -= n;
         self.dirty_free += n * GRANULE;
         if self.dirty_free > DIRTY_BOUND {
-            self.purge(true);
+            self.purge(Purge::Bound);
         } else if DEADLINE.load(Relaxed) == 0 {
             DEADLINE.store(os::now_ms() + PURGE_DELAY_MS, Relaxed);
         }
     }
 
-    /// Releases the pages of dirty free granules and unmaps regions with no block: with `all`,
-    /// every one; otherwise only those that stayed free since the previous timed purge, so memory
-    /// in steady reuse is never released and re-faulted. Schedules the next timed purge while
-    /// anything is left dirty.
-    fn purge(&mut self, all: bool) {
+    /// Releases the pages of dirty free granules (see `Purge` for which) and schedules the next
+    /// timed purge while anything is left dirty.
+    fn purge(&mut self, how: Purge) {
+        if how == Purge::Bound {
+            // What stayed free since the last timed purge goes first; the rest only if needed.
+            self.purge(Purge::Timed);
+            if self.dirty_free <= DIRTY_BOUND {
+                return;
+            }
+        }
+        let all = how != Purge::Timed;
         self.dirty_free = 0;
         for (r, region) in self.regions.iter_mut().enumerate() {
             if region.base == 0 {
                 continue;
             }
             let idle = (0..WORDS).all(|w| region.dirty[w] & !region.stale[w] == 0);
-            if region.used_granules == 0 && (all || idle) {
+            if region.used_granules == 0 && (how == Purge::All || (how == Purge::Timed && idle)) {
                 BASES[r].store(0, Relaxed);
                 // SAFETY: the region is a mapping of ours with no live block in it.
                 unsafe { os::unmap(NonNull::new_unchecked(region.base as *mut u8), REGION_SIZE) };
@@ -287,15 +301,19 @@ impl Arena {
                 ..
             } = region;
             let target = |w: usize| dirty[w] & !used[w] & if all { !0 } else { stale[w] };
+            let mut purged = [0u64; WORDS];
             let mut i = next_set(target, 0);
             while i < GRANULES {
                 let end = next_set(|w| !target(w), i);
                 // SAFETY: granules `[i, end)` are in our region and belong to no block.
-                unsafe { os::purge((*base + i * GRANULE) as *mut u8, (end - i) * GRANULE) };
+                if unsafe { os::purge((*base + i * GRANULE) as *mut u8, (end - i) * GRANULE) } {
+                    set_range(&mut purged, i, end - i, true);
+                }
                 i = next_set(target, end);
             }
+            // Only what the kernel really purged reads as zero; the rest stays dirty.
             for w in 0..WORDS {
-                dirty[w] &= !(!used[w] & if all { !0 } else { stale[w] });
+                dirty[w] &= !purged[w];
                 stale[w] = dirty[w] & !used[w];
                 self.dirty_free += stale[w].count_ones() as usize * GRANULE;
             }
@@ -307,6 +325,17 @@ impl Arena {
         };
         DEADLINE.store(next, Relaxed);
     }
+}
+
+/// Which dirty free granules a purge releases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purge {
+    /// Those free since the previous timed purge; regions empty since then are unmapped.
+    Timed,
+    /// Past `DIRTY_BOUND`: as `Timed`, then all of them if still past it; no region is unmapped.
+    Bound,
+    /// All of them, and every empty region is unmapped (`trim`).
+    All,
 }
 
 // ---------------------------------------------------------------------------------------------

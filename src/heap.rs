@@ -729,9 +729,13 @@ fn purge(heap: &Heap) {
         }
     }
     heap.large.clear();
-    extent::maybe_purge();
     heap.dirty_bytes.set(0);
     heap.purge_deadline.set(0);
+    // The arena purges on large allocations and frees; a thread that has stopped making them
+    // brings the arena's next timed purge along on its own.
+    if extent::maybe_purge() {
+        arm_purge(heap);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

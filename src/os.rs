@@ -86,20 +86,21 @@ pub unsafe fn unmap(p: NonNull<u8>, size: usize) {
     }
 }
 
-/// Gives the physical memory behind `[p, p + size)` back to the OS; the range stays mapped and
-/// reads as zero afterwards. `MADV_DONTNEED` (not `MADV_FREE`) so the resident set falls at once,
-/// which is what users watching RSS expect.
+/// Gives the physical memory behind `[p, p + size)` back to the OS; the range stays mapped.
+/// `MADV_DONTNEED` (not `MADV_FREE`) so the resident set falls at once, which is what users
+/// watching RSS expect. True if the kernel did it, and then the range reads as zero; it refuses
+/// locked memory (`mlock`), which keeps its contents.
 ///
 /// # Safety
 /// `p` and `size` are multiples of `PAGE_SIZE`, the range is mapped by this module and holds no
 /// data anybody still needs.
-pub unsafe fn purge(p: *mut u8, size: usize) {
+pub unsafe fn purge(p: *mut u8, size: usize) -> bool {
     debug_assert!(p as usize % PAGE_SIZE == 0 && size % PAGE_SIZE == 0);
     if size == 0 {
-        return;
+        return true;
     }
     // SAFETY: the caller promises the range is ours and unused; DONTNEED only drops its contents.
-    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) == 0 }
 }
 
 /// Purges the whole OS pages strictly inside `[start, end)`; partial pages at either end stay.

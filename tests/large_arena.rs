@@ -125,7 +125,25 @@ fn large_blocks_coalesce_grow_in_place_and_are_reused_without_faults_then_trim()
         }
     }
 
-    // With every large block freed, a trim unmaps the arena's regions.
+    // With every large block freed, small allocations alone bring the arena's timed purges
+    // along: within a few periods of 200 ms its empty region is unmapped. The small blocks are
+    // kept, so that no small page empties and schedules a purge of its own.
+    let mapped = perfalloc::stats().mapped_bytes;
+    let start = std::time::Instant::now();
+    // (Batches of small vectors: one big vector of them would be a large block.)
+    let mut held: Vec<Vec<Vec<u8>>> = Vec::with_capacity(1_000);
+    while perfalloc::stats().mapped_bytes + 64 * MIB as u64 > mapped {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the arena's free memory was never released"
+        );
+        held.push((0..100).map(|_| vec![0u8; 1000]).collect());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(held);
+
+    // A trim does it at once.
+    give(take(4 * MIB), 4 * MIB);
     let mapped = perfalloc::stats().mapped_bytes;
     perfalloc::trim();
     let trimmed = perfalloc::stats().mapped_bytes;
