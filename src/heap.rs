@@ -176,7 +176,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     alloc_general(size, align)
 }
 
-/// Every request the table does not cover: aligned, above 1 KiB, or large.
+/// Every request the table does not cover: aligned, above 4 KiB, or large.
 #[inline(never)]
 fn alloc_general(size: usize, align: usize) -> *mut u8 {
     match size_class::class_of(size, align) {

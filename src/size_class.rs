@@ -20,7 +20,7 @@ pub const MAX_SMALL_SIZE: usize = 128 * 1024;
 /// The largest block in a small page.
 pub const MAX_SMALL_PAGE_BLOCK: usize = 8 * 1024;
 /// Requests up to this size with alignment up to `FAST_ALIGN` find their class in one table load.
-pub const TABLE_MAX: usize = 1024;
+pub const TABLE_MAX: usize = 4096;
 /// The alignment every class guarantees without rounding (all block sizes are multiples of 8).
 pub const FAST_ALIGN: usize = 8;
 
@@ -166,6 +166,15 @@ mod tests {
             }
         }
         assert_eq!(class_of(MAX_SMALL_SIZE + 1, 1), None);
+    }
+
+    #[test]
+    fn table_agrees_with_the_computation() {
+        for size in 1..=TABLE_MAX {
+            assert!(is_table_size(size, FAST_ALIGN));
+            assert_eq!(Some(table_class(size)), class_of(size, 1), "size {size}");
+        }
+        assert!(!is_table_size(TABLE_MAX + 1, 1) && !is_table_size(8, FAST_ALIGN * 2));
     }
 
     #[test]
