@@ -110,12 +110,16 @@ impl Page {
         size_class::is_medium(self.class as usize)
     }
 
-    /// Takes up to `max` blocks into a chain; returns (head, tail, count, bytes that were counted
-    /// as dirty and are in use again).
+    /// Takes blocks into a null-terminated chain; returns (head, tail, count, bytes that were
+    /// counted as dirty and are in use again). A small page whose free list has at most `room`
+    /// blocks hands over the whole list without reading a block (the caller reads each one once
+    /// when it hands it out; walking the list here would read it twice, the first time cold), plus
+    /// fresh blocks up to `max`, and `tail` is then null (unknown). Otherwise it takes up to `max`
+    /// blocks and `tail` is the chain's last block.
     ///
     /// # Safety
     /// The page is in use and owned by the calling thread's heap.
-    pub unsafe fn take(&mut self, max: u32) -> (*mut Block, *mut Block, u32, usize) {
+    pub unsafe fn take(&mut self, max: u32, room: u32) -> (*mut Block, *mut Block, u32, usize) {
         let mut redirtied = 0;
         if self.empty_dirty {
             self.empty_dirty = false;
@@ -144,6 +148,27 @@ impl Page {
                 };
                 n += 1;
             }
+        } else if !self.free.is_null() && self.bump - self.used <= room {
+            // The free list holds `bump - used` blocks (struct invariant).
+            let listed = self.bump - self.used;
+            while n + listed < max.min(room) && self.bump < self.capacity {
+                let b = self
+                    .start
+                    .wrapping_add(self.bump as usize * self.block_size as usize);
+                // SAFETY: blocks at or past `bump` were never handed out: fresh memory of this page.
+                unsafe { chain.push(b.cast()) };
+                self.bump += 1;
+                n += 1;
+            }
+            if chain.tail.is_null() {
+                chain.head = self.free;
+            } else {
+                // SAFETY: `tail` is the last fresh block pushed above.
+                unsafe { (*chain.tail).next = self.free };
+            }
+            chain.tail = ptr::null_mut();
+            self.free = ptr::null_mut();
+            n += listed;
         } else {
             if !self.free.is_null() && max > 0 {
                 // Detach up to `max` blocks of the free list by walking its links: no relinking.
