@@ -224,6 +224,12 @@ impl Page {
             self.free = head;
         }
         self.used -= n;
+        if self.used == 0 && !self.is_medium() {
+            // Nothing is handed out: forget the (scrambled) free list and carve the page afresh,
+            // in address order, when it is used again.
+            self.free = ptr::null_mut();
+            self.bump = 0;
+        }
         self.used == 0
     }
 
