@@ -9,9 +9,10 @@
 //! alloc+free pair through `GlobalAlloc`, about 12 of them loop and call glue; 55 without stats.
 //!
 //! # Slow paths (`#[cold]`)
-//! - **Refill** (bin empty): take up to half a bin of blocks from the first page in the class's
-//!   queue, carving fresh blocks lazily; get a page from one of the heap's segments, or a new
-//!   segment, when the queue is empty.
+//! - **Refill** (bin empty): take blocks from the first page in the class's queue: its whole free
+//!   list when that fits the bin (in O(1), without reading a block), else half a bin; fresh blocks
+//!   are carved lazily, and a page that empties is carved afresh, in address order, next time. Get
+//!   a page from one of the heap's segments, or a new segment, when the queue is empty.
 //! - **Flush** (bin full): the newest half of the bin goes back to the pages it came from. A block of
 //!   a page of this heap is put back directly; a block of another heap's page goes to that heap.
 //!
