@@ -151,15 +151,7 @@ impl Page {
         } else if !self.free.is_null() && self.bump - self.used <= room {
             // The free list holds `bump - used` blocks (struct invariant).
             let listed = self.bump - self.used;
-            while n + listed < max.min(room) && self.bump < self.capacity {
-                let b = self
-                    .start
-                    .wrapping_add(self.bump as usize * self.block_size as usize);
-                // SAFETY: blocks at or past `bump` were never handed out: fresh memory of this page.
-                unsafe { chain.push(b.cast()) };
-                self.bump += 1;
-                n += 1;
-            }
+            n += self.carve(&mut chain, max.min(room).saturating_sub(listed));
             if chain.tail.is_null() {
                 chain.head = self.free;
             } else {
@@ -185,18 +177,24 @@ impl Page {
                     (*chain.tail).next = ptr::null_mut();
                 }
             }
-            while n < max && self.bump < self.capacity {
-                let b = self
-                    .start
-                    .wrapping_add(self.bump as usize * self.block_size as usize);
-                // SAFETY: blocks at or past `bump` were never handed out: fresh memory of this page.
-                unsafe { chain.push(b.cast()) };
-                self.bump += 1;
-                n += 1;
-            }
+            n += self.carve(&mut chain, max - n);
         }
         self.used += n;
         (chain.head, chain.tail, n, redirtied)
+    }
+
+    /// Appends up to `n` never-used blocks (at `bump` and past it) to `chain`; returns how many.
+    fn carve(&mut self, chain: &mut Chain, n: u32) -> u32 {
+        let n = n.min(self.capacity - self.bump);
+        for _ in 0..n {
+            let b = self
+                .start
+                .wrapping_add(self.bump as usize * self.block_size as usize);
+            // SAFETY: blocks at or past `bump` were never handed out: fresh memory of this page.
+            unsafe { chain.push(b.cast()) };
+            self.bump += 1;
+        }
+        n
     }
 
     /// Returns a chain of `n` blocks of this page. Returns true if the page is now empty.
