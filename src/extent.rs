@@ -83,7 +83,7 @@ static ARENA: SpinLock<Arena> = SpinLock::new(Arena {
 });
 
 /// The region bases, readable without the lock (written under it). A live block's region is never
-/// unmapped, so `owns` may read these while another thread changes other slots.
+/// unmapped, so `region_of` may read these while another thread changes other slots.
 static BASES: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
 /// When the next purge is due (milliseconds of `os::now_ms`), or 0 if nothing is dirty.
 static DEADLINE: AtomicU64 = AtomicU64::new(0);
@@ -332,7 +332,8 @@ impl Arena {
 enum Purge {
     /// Those free since the previous timed purge; regions empty since then are unmapped.
     Timed,
-    /// Past `DIRTY_BOUND`: as `Timed`, then all of them if still past it; no region is unmapped.
+    /// Past `DIRTY_BOUND`: a `Timed` purge first (ahead of its deadline), then, if still past the
+    /// bound, every dirty free granule, without unmapping any further region.
     Bound,
     /// All of them, and every empty region is unmapped (`trim`).
     All,

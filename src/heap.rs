@@ -405,8 +405,10 @@ fn refill(heap: &Heap, class: usize) -> bool {
     filled
 }
 
+/// Requires an empty bin: refills run only when an allocation finds none.
 fn fill_bin(heap: &Heap, class: usize) -> bool {
     let bin = &heap.bins[class];
+    debug_assert!(bin.head.get().is_null() && bin.count.get() == 0);
     let want = bin.limit.get().div_ceil(2);
     loop {
         let mut page = heap.queues[class].get();
@@ -418,33 +420,17 @@ fn fill_bin(heap: &Heap, class: usize) -> bool {
         }
         // SAFETY: pages in our queues are in use and owned by this heap.
         let page = unsafe { &mut *page };
-        let room = bin.limit.get() - bin.count.get();
         // SAFETY: as above.
-        let (head, tail, n, redirtied) = unsafe { page.take(want, room) };
+        let (head, n, redirtied) = unsafe { page.take(want, bin.limit.get()) };
         heap.dirty_bytes
             .set(heap.dirty_bytes.get().saturating_sub(redirtied));
         if !page.has_free() {
             queue_remove(heap, page);
         }
         if n > 0 {
-            let mut tail = tail;
-            if tail.is_null() && !bin.head.get().is_null() {
-                // The chain's end is unknown (see `Page::take`) and the bin is not empty, which a
-                // refill does not expect: find the end.
-                tail = head;
-                // SAFETY: the chain is null-terminated and made of free blocks with valid links.
-                unsafe {
-                    while !(*tail).next.is_null() {
-                        tail = (*tail).next;
-                    }
-                }
-            }
-            if !tail.is_null() {
-                // SAFETY: `tail` ends the chain just taken.
-                unsafe { (*tail).next = bin.head.get() };
-            }
+            // The bin was empty and the chain is null-terminated: it becomes the bin.
             bin.head.set(head);
-            bin.count.set(bin.count.get() + n);
+            bin.count.set(n);
             return true;
         }
     }

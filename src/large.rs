@@ -324,13 +324,8 @@ pub unsafe fn realloc(
                 return Some((p, old_len, new_len));
             }
         }
-        let (q, q_len) = alloc(cache, new, align, false)?;
-        // SAFETY: both blocks are live and distinct, of at least `min(old, new)` bytes.
-        unsafe {
-            ptr::copy_nonoverlapping(p, q, old.min(new));
-            extent::free(region, p, old);
-        }
-        return Some((q, old_len, q_len));
+        // SAFETY: forwarded caller promise.
+        return unsafe { move_block(cache, p, old, new, align, old_len) };
     }
     // SAFETY: caller promise: `p` is a live large block with its header.
     let Header { base, len } = unsafe { header(p).read() };
@@ -365,13 +360,29 @@ pub unsafe fn realloc(
         // mremap refuses a range that spans several kernel mappings, which a mapping assembled
         // from moved pages (`LargeCache::fill`) can be: copy instead.
     }
-    // Over-aligned (mremap may move to an address without the alignment) or not remappable:
-    // allocate, copy, free.
+    // Over-aligned (mremap may move to an address without the alignment) or not remappable.
+    // SAFETY: forwarded caller promise.
+    unsafe { move_block(cache, p, old, new, align, len) }
+}
+
+/// `realloc` by allocating, copying and freeing; `old_len` is what `p` occupies.
+///
+/// # Safety
+/// As for `realloc`.
+unsafe fn move_block(
+    cache: &LargeCache,
+    p: *mut u8,
+    old: usize,
+    new: usize,
+    align: usize,
+    old_len: usize,
+) -> Option<(*mut u8, usize, usize)> {
     let (q, q_len) = alloc(cache, new, align, false)?;
-    // SAFETY: both blocks are live, distinct mappings of at least `min(old, new)` bytes.
+    // SAFETY: both blocks are live and distinct, of at least `min(old, new)` bytes; `p` is ours
+    // to free (caller promise).
     unsafe {
         ptr::copy_nonoverlapping(p, q, old.min(new));
         free(cache, p, old);
     }
-    Some((q, len, q_len))
+    Some((q, old_len, q_len))
 }

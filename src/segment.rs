@@ -110,16 +110,15 @@ impl Page {
         size_class::is_medium(self.class as usize)
     }
 
-    /// Takes blocks into a null-terminated chain; returns (head, tail, count, bytes that were
-    /// counted as dirty and are in use again). A small page whose free list has at most `room`
-    /// blocks hands over the whole list without reading a block (the caller reads each one once
-    /// when it hands it out; walking the list here would read it twice, the first time cold), plus
-    /// fresh blocks up to `max`, and `tail` is then null (unknown). Otherwise it takes up to `max`
-    /// blocks and `tail` is the chain's last block.
+    /// Takes blocks into a null-terminated chain; returns (head, count, bytes that were counted as
+    /// dirty and are in use again). A small page whose free list has at most `room` blocks hands
+    /// over the whole list without reading a block (the caller reads each one once when it hands
+    /// it out; walking the list here would read it twice, the first time cold), plus fresh blocks
+    /// up to `min(max, room)`. Otherwise it takes up to `max` blocks.
     ///
     /// # Safety
     /// The page is in use and owned by the calling thread's heap.
-    pub unsafe fn take(&mut self, max: u32, room: u32) -> (*mut Block, *mut Block, u32, usize) {
+    pub unsafe fn take(&mut self, max: u32, room: u32) -> (*mut Block, u32, usize) {
         let mut redirtied = 0;
         if self.empty_dirty {
             self.empty_dirty = false;
@@ -158,7 +157,6 @@ impl Page {
                 // SAFETY: `tail` is the last fresh block pushed above.
                 unsafe { (*chain.tail).next = self.free };
             }
-            chain.tail = ptr::null_mut();
             self.free = ptr::null_mut();
             n += listed;
         } else {
@@ -180,7 +178,7 @@ impl Page {
             n += self.carve(&mut chain, max - n);
         }
         self.used += n;
-        (chain.head, chain.tail, n, redirtied)
+        (chain.head, n, redirtied)
     }
 
     /// Appends up to `n` never-used blocks (at `bump` and past it) to `chain`; returns how many.
