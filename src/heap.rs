@@ -56,29 +56,29 @@ const PURGE_BOUND: usize = 64 << 20;
 /// How long emptied memory is kept for reuse before it is purged.
 const PURGE_DELAY_MS: u64 = 200;
 
-/// A free list of one class for the owning thread.
-///
-/// Invariants: `count` blocks are linked from `head`; `count <= limit`; each block is of the bin's
-/// class and counted as used by its page. `allocs`/`frees` count blocks handed out/taken back.
-pub struct Bin {
-    head: Cell<*mut Block>,
-    count: Cell<u32>,
-    limit: Cell<u32>,
-    pub allocs: Counter,
-    pub frees: Counter,
-}
-
-impl Bin {
-    const fn new() -> Self {
-        Bin {
-            head: Cell::new(ptr::null_mut()),
-            count: Cell::new(0),
-            limit: Cell::new(0),
-            allocs: Counter::new(),
-            frees: Counter::new(),
-        }
+/// Free-block slots a heap keeps for class `c`: about 64 KiB of blocks, at least 2 and at most 512.
+const fn bin_limit(c: usize) -> usize {
+    let n = 64 * 1024 / size_class::BLOCK_SIZE[c] as usize;
+    if n < 2 {
+        2
+    } else if n > 512 {
+        512
+    } else {
+        n
     }
 }
+
+/// `BIN_START[c]` is the first slot of class `c` in a heap's slot array; the last entry is its length.
+const BIN_START: [usize; CLASSES + 1] = {
+    let mut t = [0; CLASSES + 1];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c + 1] = t[c] + bin_limit(c);
+        c += 1;
+    }
+    t
+};
+const SLOTS: usize = BIN_START[CLASSES];
 
 const STATE_EMPTY: u8 = 0;
 const STATE_DEAD: u8 = 1;
@@ -86,9 +86,23 @@ const STATE_LIVE: u8 = 2;
 
 /// A thread's heap. Only the owning thread (or the holder of the fallback lock, for the fallback
 /// heap) touches its `Cell`s; other threads touch only `remote` and read the counters.
+///
+/// **Bins.** For each class `c` the heap has a stack of free blocks: pointers in a slot array
+/// (`slots`, mapped with the heap), `lows[c] <= tops[c] <= highs[c]`; the blocks are
+/// `lows[c]..tops[c]`, newest on top. Each block is of class `c`, unused, and counted as used by
+/// its page. The bins are structure-of-arrays so that the fast path addresses each field as
+/// `field[class]` with a scaled index. A bin holds pointers, not linked blocks: a free writes
+/// nothing into the block, so a block another thread frees never travels back to that thread's
+/// cache just to be linked, and a flush reads the pointers without touching the blocks.
+/// EMPTY and DEAD have null tops, lows and highs: every bin is empty and full at once.
 #[repr(C)]
 pub struct Heap {
-    pub bins: [Bin; CLASSES],
+    tops: [Cell<*mut *mut Block>; CLASSES],
+    lows: [Cell<*mut *mut Block>; CLASSES],
+    highs: [Cell<*mut *mut Block>; CLASSES],
+    /// Blocks handed out and taken back per class (read by `stats`).
+    pub allocs: [Counter; CLASSES],
+    pub frees: [Counter; CLASSES],
     pub counters: ThreadCounters,
     /// First page of each class's queue of pages that may have free blocks (doubly linked).
     queues: [Cell<*mut Page>; CLASSES],
@@ -112,7 +126,11 @@ unsafe impl Sync for Heap {}
 impl Heap {
     const fn new(state: u8) -> Self {
         Heap {
-            bins: [const { Bin::new() }; CLASSES],
+            tops: [const { Cell::new(ptr::null_mut()) }; CLASSES],
+            lows: [const { Cell::new(ptr::null_mut()) }; CLASSES],
+            highs: [const { Cell::new(ptr::null_mut()) }; CLASSES],
+            allocs: [const { Counter::new() }; CLASSES],
+            frees: [const { Counter::new() }; CLASSES],
             counters: ThreadCounters::new(),
             queues: [const { Cell::new(ptr::null_mut()) }; CLASSES],
             segments: [const { Cell::new(ptr::null_mut()) }; 2],
@@ -126,11 +144,25 @@ impl Heap {
         }
     }
 
-    fn set_limits(&self) {
-        for (c, bin) in self.bins.iter().enumerate() {
-            let limit = (64 * 1024 / size_class::block_size(c)).clamp(2, 512);
-            bin.limit.set(limit as u32);
+    /// Gives a new heap its bins, empty, in `slots` (room for `SLOTS` pointers).
+    fn set_bins(&self, slots: *mut *mut Block) {
+        for c in 0..CLASSES {
+            let low = slots.wrapping_add(BIN_START[c]);
+            self.lows[c].set(low);
+            self.tops[c].set(low);
+            self.highs[c].set(slots.wrapping_add(BIN_START[c + 1]));
         }
+    }
+
+    /// Blocks in the bin of `class`.
+    fn bin_len(&self, class: usize) -> usize {
+        // SAFETY: `tops` and `lows` point into the same slot array (struct invariant).
+        unsafe { self.tops[class].get().offset_from(self.lows[class].get()) as usize }
+    }
+
+    fn bin_limit(&self, class: usize) -> usize {
+        // SAFETY: as in `bin_len`.
+        unsafe { self.highs[class].get().offset_from(self.lows[class].get()) as usize }
     }
 
     /// Adds this heap's counters to `t`.
@@ -139,7 +171,7 @@ impl Heap {
     }
 
     fn class_counters(&self) -> impl Iterator<Item = (&Counter, &Counter)> + Clone {
-        self.bins.iter().map(|b| (&b.allocs, &b.frees))
+        self.allocs.iter().zip(self.frees.iter())
     }
 
     pub fn is_live(&self) -> bool {
@@ -147,7 +179,7 @@ impl Heap {
     }
 }
 
-/// The heap of threads that have not allocated yet. Never written: its bins have limit 0.
+/// The heap of threads that have not allocated yet. Never written: its bins have no slots.
 static EMPTY: Heap = Heap::new(STATE_EMPTY);
 /// The heap of threads whose heap was already torn down at exit. Never written.
 static DEAD: Heap = Heap::new(STATE_DEAD);
@@ -288,31 +320,34 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
 fn alloc_small(heap: &Heap, class: usize, size: usize) -> *mut u8 {
     debug_assert!(class < CLASSES);
     // SAFETY: every class is `< CLASSES` (the table is range-checked at compile time).
-    let bin = unsafe { heap.bins.get_unchecked(class) };
-    let b = bin.head.get();
+    let top = unsafe { heap.tops.get_unchecked(class) }.get();
+    // SAFETY: as above.
+    let low = unsafe { heap.lows.get_unchecked(class) }.get();
     // The order of this test matters: the shared EMPTY and DEAD heaps have empty bins, so they
     // leave here before `try_alloc_fast` could write their counters.
-    if b.is_null() || !heap.counters.try_alloc_fast(size) {
+    if top == low || !heap.counters.try_alloc_fast(size) {
         return alloc_small_slow(heap, class, size);
     }
     debug_assert!(heap.is_live());
-    // SAFETY: `b` heads the bin.
-    unsafe { pop(bin, b) }
+    // SAFETY: the bin is not empty.
+    unsafe { pop(heap, class, top) }
 }
 
-/// Pops the first block of a bin and counts it handed out.
+/// Takes the top block of a bin and counts it handed out.
 ///
 /// # Safety
-/// The bin is not empty (`b` is its head).
+/// The bin of `class` is not empty and `top` is its top.
 #[inline(always)]
-unsafe fn pop(bin: &Bin, b: *mut Block) -> *mut u8 {
-    // SAFETY: `b` heads the bin (caller promise), so it is a free block linking to the next one.
-    bin.head.set(unsafe { (*b).next });
-    bin.count.set(bin.count.get() - 1);
-    if cfg!(feature = "stats") {
-        bin.allocs.add(1);
+unsafe fn pop(heap: &Heap, class: usize, top: *mut *mut Block) -> *mut u8 {
+    // SAFETY: the bin holds a block below `top` (caller promise); `class < CLASSES`.
+    unsafe {
+        let top = top.sub(1);
+        heap.tops.get_unchecked(class).set(top);
+        if cfg!(feature = "stats") {
+            heap.allocs.get_unchecked(class).add(1);
+        }
+        (*top).cast()
     }
-    b.cast()
 }
 
 #[cold]
@@ -324,22 +359,20 @@ fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
             None => with_fallback(|h| alloc_small(h, class, size)),
         };
     }
-    let bin = &heap.bins[class];
-    let b = bin.head.get();
-    if !b.is_null() && heap.counters.new_peak(size) {
+    if heap.bin_len(class) > 0 && heap.counters.new_peak(size) {
         // Only a new thread peak: the block is in the bin and nothing needs publishing.
-        // SAFETY: `b` heads the bin.
-        return unsafe { pop(bin, b) };
+        // SAFETY: the bin is not empty.
+        return unsafe { pop(heap, class, heap.tops[class].get()) };
     }
     if !heap.counters.admits(size) {
         return ptr::null_mut(); // over the memory limit
     }
-    if bin.head.get().is_null() && !refill(heap, class) {
+    if heap.bin_len(class) == 0 && !refill(heap, class) {
         return ptr::null_mut();
     }
     heap.counters.alloc_slow(size);
     // SAFETY: the bin is non-empty (it was, or a refill succeeded).
-    unsafe { pop(bin, bin.head.get()) }
+    unsafe { pop(heap, class, heap.tops[class].get()) }
 }
 
 /// # Safety
@@ -348,29 +381,31 @@ fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
 unsafe fn free_small(heap: &Heap, b: *mut Block, class: usize, size: usize) {
     debug_assert!(class < CLASSES);
     // SAFETY: as in `alloc_small`.
-    let bin = unsafe { heap.bins.get_unchecked(class) };
-    let count = bin.count.get();
-    // As in `alloc_small`: EMPTY and DEAD have limit 0, so they leave before any write.
-    if count >= bin.limit.get() || !heap.counters.try_free_fast(size) {
+    let top = unsafe { heap.tops.get_unchecked(class) }.get();
+    // SAFETY: as above.
+    let high = unsafe { heap.highs.get_unchecked(class) }.get();
+    // As in `alloc_small`: EMPTY and DEAD have full bins, so they leave before any write.
+    if top == high || !heap.counters.try_free_fast(size) {
         // SAFETY: forwarded caller promise.
         return unsafe { free_small_slow(heap, b, class, size) };
     }
-    // SAFETY: the caller gives the block up.
-    unsafe { push(bin, b) }
+    // SAFETY: the caller gives the block up; the bin has room.
+    unsafe { push(heap, class, top, b) }
 }
 
-/// Pushes a freed block onto a bin and counts it taken back.
+/// Puts a freed block on top of a bin and counts it taken back.
 ///
 /// # Safety
-/// `b` is a block of the bin's class that nobody uses any more; the bin is below its limit.
+/// `b` is a block of `class` that nobody uses any more; `top` is the bin's top, below its high end.
 #[inline(always)]
-unsafe fn push(bin: &Bin, b: *mut Block) {
-    // SAFETY: the block is ours to reuse (caller promise); its first word becomes the bin link.
-    unsafe { (*b).next = bin.head.get() };
-    bin.head.set(b);
-    bin.count.set(bin.count.get() + 1);
-    if cfg!(feature = "stats") {
-        bin.frees.add(1);
+unsafe fn push(heap: &Heap, class: usize, top: *mut *mut Block, b: *mut Block) {
+    // SAFETY: `top` is a free slot of the bin (caller promise); `class < CLASSES`.
+    unsafe {
+        *top = b;
+        heap.tops.get_unchecked(class).set(top.add(1));
+        if cfg!(feature = "stats") {
+            heap.frees.get_unchecked(class).add(1);
+        }
     }
 }
 
@@ -387,12 +422,12 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
         return;
     }
     heap.counters.free_slow(size);
-    let bin = &heap.bins[class];
-    if bin.count.get() >= bin.limit.get() {
-        flush(heap, class, bin.limit.get() / 2);
+    let limit = heap.bin_limit(class);
+    if heap.bin_len(class) >= limit {
+        flush(heap, class, limit / 2);
     }
     // SAFETY: the caller gives the block up; the flush made room.
-    unsafe { push(bin, b) };
+    unsafe { push(heap, class, heap.tops[class].get(), b) };
     maybe_purge(heap);
 }
 
@@ -407,9 +442,9 @@ fn refill(heap: &Heap, class: usize) -> bool {
 
 /// Requires an empty bin: refills run only when an allocation finds none.
 fn fill_bin(heap: &Heap, class: usize) -> bool {
-    let bin = &heap.bins[class];
-    debug_assert!(bin.head.get().is_null() && bin.count.get() == 0);
-    let want = bin.limit.get().div_ceil(2);
+    debug_assert_eq!(heap.bin_len(class), 0);
+    let want = heap.bin_limit(class).div_ceil(2) as u32;
+    let low = heap.lows[class].get();
     loop {
         let mut page = heap.queues[class].get();
         if page.is_null() {
@@ -420,104 +455,175 @@ fn fill_bin(heap: &Heap, class: usize) -> bool {
         }
         // SAFETY: pages in our queues are in use and owned by this heap.
         let page = unsafe { &mut *page };
-        // SAFETY: as above.
-        let (head, n, redirtied) = unsafe { page.take(want, bin.limit.get()) };
+        // SAFETY: as above; the bin is empty, so its slots have room for `want <= limit` blocks.
+        let (n, redirtied) = unsafe { page.take(low, want) };
         heap.dirty_bytes
             .set(heap.dirty_bytes.get().saturating_sub(redirtied));
         if !page.has_free() {
             queue_remove(heap, page);
         }
         if n > 0 {
-            // The bin was empty and the chain is null-terminated: it becomes the bin.
-            bin.head.set(head);
-            bin.count.set(n);
+            heap.tops[class].set(low.wrapping_add(n as usize));
             return true;
         }
     }
 }
 
-/// Sends all but `keep` blocks of a bin back to their pages or owners: the newest ones, which were
-/// freed last and are still in cache. The blocks that stay are not touched at all.
-fn flush(heap: &Heap, class: usize, keep: u32) {
-    let bin = &heap.bins[class];
-    let count = bin.count.get();
-    let n = count - keep.min(count);
+/// Sends all but `keep` blocks of a bin back to their pages or owners: the oldest ones, at the
+/// bottom of the bin, which are the least likely to be in cache; the newest stay.
+fn flush(heap: &Heap, class: usize, keep: usize) {
+    let len = heap.bin_len(class);
+    let n = len - keep.min(len);
     if n == 0 {
         return;
     }
-    let head = bin.head.get();
-    let mut last = head;
-    // SAFETY: the bin holds `count >= n` linked blocks; `last` ends up at the n-th.
-    unsafe {
-        for _ in 1..n {
-            last = (*last).next;
-        }
-        bin.head.set((*last).next);
-        (*last).next = ptr::null_mut();
+    let low = heap.lows[class].get();
+    let mut back = GiveBack::new(heap);
+    for i in 0..n {
+        // SAFETY: `low[..len]` are the bin's blocks.
+        back.block(unsafe { *low.add(i) });
     }
-    bin.count.set(count - n);
-    // SAFETY: `head ..= last` is a chain of blocks the bin no longer holds.
-    unsafe { give_back(heap, head) };
+    back.finish();
+    // SAFETY: both ranges lie in the bin's slots; `copy` allows overlap.
+    unsafe { ptr::copy(low.add(n), low, len - n) };
+    heap.tops[class].set(low.wrapping_add(len - n));
 }
 
-/// Returns a chain of blocks to their pages: ours directly, others' through their remote lists.
-/// Consecutive blocks of one page (the common case: blocks freed in the order they were carved)
-/// are spliced into it as one chain; consecutive blocks of one other heap are pushed with one CAS.
+/// Returns blocks to their pages (ours) or owners (others'), in batches.
 ///
-/// # Safety
-/// The chain's blocks are unused and counted as used by their pages.
-unsafe fn give_back(heap: &Heap, mut b: *mut Block) {
-    let me = heap as *const Heap as *mut Heap;
-    let mut remote: (*mut Heap, *mut Block, *mut Block) =
-        (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
-    let mut local: (*mut Page, *mut Block, *mut Block, u32) =
-        (ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 0);
-    while !b.is_null() {
-        // SAFETY: `b` is a block of the chain; its link is valid.
-        let next = unsafe { (*b).next };
+/// Consecutive blocks of one of our pages are linked into a run and spliced into the page at once.
+/// Blocks of another heap travel as **messages**: the first block of a batch for one owner becomes
+/// a carrier and holds the addresses of the next ones in its own memory (word 0: the link of the
+/// remote list; word 1: how many addresses follow; then the addresses), so the sender writes
+/// one block per batch instead of every block. A class of 8 B blocks cannot carry: each block is
+/// its own message. Consecutive messages for one owner are pushed with one compare-and-swap.
+struct GiveBack<'a> {
+    heap: &'a Heap,
+    /// The local run being built: page, head, tail, count.
+    run: (*mut Page, *mut Block, *mut Block, u32),
+    /// The owner the pending messages go to, and those messages (head, tail), sealed.
+    owner: *mut Heap,
+    sent: (*mut Block, *mut Block),
+    /// The carrier being filled, how many addresses it holds, and how many it can hold.
+    carrier: *mut Block,
+    carried: usize,
+    capacity: usize,
+    /// Whether the carrier has a count word (blocks of 16 B or more).
+    counted: bool,
+}
+
+impl<'a> GiveBack<'a> {
+    fn new(heap: &'a Heap) -> Self {
+        GiveBack {
+            heap,
+            run: (ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 0),
+            owner: ptr::null_mut(),
+            sent: (ptr::null_mut(), ptr::null_mut()),
+            carrier: ptr::null_mut(),
+            carried: 0,
+            capacity: 0,
+            counted: false,
+        }
+    }
+
+    /// Returns one block: unused, of some heap's page, and counted as used by that page.
+    fn block(&mut self, b: *mut Block) {
         let seg = segment::segment_of(b.cast());
         // SAFETY: the block is live from its page's view, so its segment is live and `heap` stable.
         let owner = unsafe { (*seg).heap }.cast::<Heap>();
-        if owner == me {
-            // SAFETY: the block is of one of our pages, which is in use.
-            let page = unsafe { segment::page_of(b.cast()) };
-            if page == local.0 {
-                // SAFETY: prepend `b` to the run being built.
-                unsafe { (*b).next = local.1 };
-                local.1 = b;
-                local.3 += 1;
-            } else {
-                // SAFETY: the run holds unused blocks of its page.
-                unsafe { put_run(heap, local) };
-                // SAFETY: `b` starts a new run.
-                unsafe { (*b).next = ptr::null_mut() };
-                local = (page, b, b, 1);
-            }
-        } else if owner == remote.0 {
-            // SAFETY: prepend `b` to the chain being built.
-            unsafe { (*b).next = remote.1 };
-            remote.1 = b;
+        if owner == self.heap as *const Heap as *mut Heap {
+            self.local(b);
         } else {
-            push_remote(remote);
-            // SAFETY: `b` starts a new chain.
-            unsafe { (*b).next = ptr::null_mut() };
-            remote = (owner, b, b);
+            self.foreign(owner, b);
         }
-        b = next;
     }
-    // SAFETY: as above.
-    unsafe { put_run(heap, local) };
-    push_remote(remote);
+
+    /// Adds a block of one of our pages to the run.
+    fn local(&mut self, b: *mut Block) {
+        // SAFETY: the block is of one of our pages, which is in use.
+        let page = unsafe { segment::page_of(b.cast()) };
+        if page == self.run.0 {
+            // SAFETY: prepend `b` to the run being built; nobody else uses it.
+            unsafe { (*b).next = self.run.1 };
+            self.run.1 = b;
+            self.run.3 += 1;
+        } else {
+            // SAFETY: the run holds unused blocks of its page.
+            unsafe { put_run(self.heap, self.run) };
+            // SAFETY: `b` starts a new run.
+            unsafe { (*b).next = ptr::null_mut() };
+            self.run = (page, b, b, 1);
+        }
+    }
+
+    fn foreign(&mut self, owner: *mut Heap, b: *mut Block) {
+        if owner != self.owner {
+            self.send();
+            self.owner = owner;
+        }
+        if !self.carrier.is_null() && self.carried < self.capacity {
+            // SAFETY: the carrier is a block of at least `2 + capacity` words that we own until
+            // it is sent; slot `2 + carried` is inside it.
+            unsafe { *self.carrier.cast::<*mut Block>().add(2 + self.carried) = b };
+            self.carried += 1;
+            return;
+        }
+        self.seal();
+        // SAFETY: the block is live from its page's view, so its page record is readable.
+        let size = unsafe { (*segment::page_of(b.cast())).block_size } as usize;
+        self.carrier = b;
+        self.carried = 0;
+        self.capacity = (size / 8).saturating_sub(2);
+        self.counted = size >= 16;
+    }
+
+    /// Closes the carrier and appends it to the messages for `owner`.
+    fn seal(&mut self) {
+        let m = self.carrier;
+        if m.is_null() {
+            return;
+        }
+        // SAFETY: the carrier is ours until sent; a carrier of 16 B or more has a count word.
+        unsafe {
+            (*m).next = ptr::null_mut();
+            if self.counted {
+                *m.cast::<usize>().add(1) = self.carried;
+            }
+            if self.sent.1.is_null() {
+                self.sent.0 = m;
+            } else {
+                (*self.sent.1).next = m;
+            }
+        }
+        self.sent.1 = m;
+        self.carrier = ptr::null_mut();
+    }
+
+    /// Pushes the sealed messages onto their owner's remote list.
+    fn send(&mut self) {
+        self.seal();
+        if !self.sent.0.is_null() {
+            // SAFETY: heaps are never freed, so `owner` is valid; the messages' blocks are unused
+            // and stay counted as used by their pages until the owner takes them.
+            unsafe { (*self.owner).remote.push_chain(self.sent.0, self.sent.1) };
+        }
+        self.sent = (ptr::null_mut(), ptr::null_mut());
+    }
+
+    fn finish(mut self) {
+        self.send();
+        // SAFETY: the run holds unused blocks of its page.
+        unsafe { put_run(self.heap, self.run) };
+    }
 }
 
-/// Pushes a chain `(owner, head, tail)` onto `owner`'s remote list.
-fn push_remote((owner, head, tail): (*mut Heap, *mut Block, *mut Block)) {
-    if owner.is_null() {
-        return;
-    }
-    // SAFETY: heaps are never freed, so `owner` is valid; the chain's blocks are unused and stay
-    // counted as used by their pages until the owner takes them.
-    unsafe { (*owner).remote.push_chain(head, tail) };
+/// Whether a message block has a count word: every block of 16 B or more.
+///
+/// # Safety
+/// `m` is a block of one of the calling thread's pages.
+unsafe fn is_counted(m: *mut Block) -> bool {
+    // SAFETY: caller promise.
+    unsafe { (*segment::page_of(m.cast())).block_size >= 16 }
 }
 
 /// Puts back blocks other threads freed into our pages.
@@ -525,10 +631,25 @@ fn drain_remote(heap: &Heap) {
     if heap.remote.is_empty() {
         return;
     }
-    let b = heap.remote.take_all();
-    // SAFETY: the Acquire swap makes the pushers' links visible; every block is of our pages and
-    // was freed by its user.
-    unsafe { give_back(heap, b) };
+    let mut m = heap.remote.take_all();
+    let mut back = GiveBack::new(heap);
+    while !m.is_null() {
+        // SAFETY: the Acquire swap makes the senders' writes visible; every message is a block of
+        // one of our pages, sealed by `GiveBack::seal`, and so are the blocks it carries.
+        unsafe {
+            let next = (*m).next;
+            if is_counted(m) {
+                let words = m.cast::<*mut Block>();
+                let n = *words.add(1) as usize;
+                for i in 0..n {
+                    back.local(*words.add(2 + i));
+                }
+            }
+            back.local(m);
+            m = next;
+        }
+    }
+    back.finish();
 }
 
 /// Puts a run `(page, head, tail, count)` of blocks back into their page (of this heap).
@@ -909,19 +1030,23 @@ fn adopt_heap(thread: bool) -> Option<*mut Heap> {
         reg.orphans = unsafe { (*h).next_orphan.get() };
         h
     } else {
-        let size = core::mem::size_of::<Heap>().next_multiple_of(128);
+        // The heap, then its bins' slots.
+        let heap_size = core::mem::size_of::<Heap>().next_multiple_of(128);
+        let size = heap_size + (SLOTS * core::mem::size_of::<*mut Block>()).next_multiple_of(128);
         if reg.arena + size > reg.arena_end {
-            let chunk = 256 * 1024;
+            let chunk = size.max(256 * 1024).next_multiple_of(os::PAGE_SIZE);
             let p = os::map_aligned(chunk, os::PAGE_SIZE)?.as_ptr() as usize;
             reg.arena = p;
             reg.arena_end = p + chunk;
         }
         let h = reg.arena as *mut Heap;
         reg.arena += size;
-        // SAFETY: `h` is fresh, suitably aligned (128) metadata memory of at least `size` bytes.
+        // SAFETY: `h` is fresh, suitably aligned (128) metadata memory of at least `size` bytes,
+        // the heap and then room for `SLOTS` pointers.
         unsafe {
             h.write(Heap::new(STATE_LIVE));
             (*h).next_all.set(reg.all);
+            (*h).set_bins(h.cast::<u8>().add(heap_size).cast());
         }
         reg.all = h;
         h
@@ -932,7 +1057,6 @@ fn adopt_heap(thread: bool) -> Option<*mut Heap> {
     unsafe {
         (*heap).state.set(STATE_LIVE);
         (*heap).next_orphan.set(ptr::null_mut());
-        (*heap).set_limits();
     }
     Some(heap)
 }

@@ -46,29 +46,6 @@ impl crate::remote::Link for Block {
     }
 }
 
-/// A chain of blocks being built, in order.
-struct Chain {
-    head: *mut Block,
-    tail: *mut Block,
-}
-
-impl Chain {
-    /// # Safety
-    /// `b` is a free block (at least 8 bytes, 8-aligned) that no list holds.
-    unsafe fn push(&mut self, b: *mut Block) {
-        // SAFETY: caller promise; `tail` is the previous block of this chain.
-        unsafe {
-            (*b).next = ptr::null_mut();
-            if self.tail.is_null() {
-                self.head = b;
-            } else {
-                (*self.tail).next = b;
-            }
-        }
-        self.tail = b;
-    }
-}
-
 /// One page's metadata, inside its segment's header.
 ///
 /// Invariants, for a page in use (`class != NO_CLASS`):
@@ -110,25 +87,20 @@ impl Page {
         size_class::is_medium(self.class as usize)
     }
 
-    /// Takes blocks into a null-terminated chain; returns (head, count, bytes that were counted as
-    /// dirty and are in use again). A small page whose free list has at most `room` blocks hands
-    /// over the whole list without reading a block (the caller reads each one once when it hands
-    /// it out; walking the list here would read it twice, the first time cold), plus fresh blocks
-    /// up to `min(max, room)`. Otherwise it takes up to `max` blocks.
+    /// Takes up to `max` blocks into `dst[..n]` and returns `(n, bytes that were counted as dirty and
+    /// are in use again)`. The block to hand out first is written last (bins pop from the end): the
+    /// head of the free list, which was freed most recently, then fresh blocks in address order.
     ///
     /// # Safety
-    /// The page is in use and owned by the calling thread's heap.
-    pub unsafe fn take(&mut self, max: u32, room: u32) -> (*mut Block, u32, usize) {
+    /// The page is in use and owned by the calling thread's heap; `dst` has room for `max` pointers.
+    pub unsafe fn take(&mut self, dst: *mut *mut Block, max: u32) -> (u32, usize) {
         let mut redirtied = 0;
         if self.empty_dirty {
             self.empty_dirty = false;
             redirtied += 1 << SMALL_PAGE_SHIFT; // what `put_run` added when the page emptied
         }
-        let mut chain = Chain {
-            head: ptr::null_mut(),
-            tail: ptr::null_mut(),
-        };
-        let mut n = 0;
+        let mut n = 0u32;
+        // SAFETY (whole block): `dst[..max]` is writable (caller promise) and `n < max` at each write.
         if self.is_medium() {
             while n < max && self.free_mask != 0 {
                 let i = self.free_mask.trailing_zeros();
@@ -137,62 +109,43 @@ impl Page {
                     redirtied += self.block_size as usize;
                 }
                 self.purged_mask &= !(1u64 << i);
-                // SAFETY: block `i` is a free block of this page.
-                unsafe {
-                    chain.push(
-                        self.start
-                            .wrapping_add(i as usize * self.block_size as usize)
-                            .cast(),
-                    )
-                };
+                let b = self
+                    .start
+                    .wrapping_add(i as usize * self.block_size as usize);
+                unsafe { *dst.add(n as usize) = b.cast() };
                 n += 1;
             }
-        } else if !self.free.is_null() && self.bump - self.used <= room {
-            // The free list holds `bump - used` blocks (struct invariant).
-            let listed = self.bump - self.used;
-            n += self.carve(&mut chain, max.min(room).saturating_sub(listed));
-            if chain.tail.is_null() {
-                chain.head = self.free;
-            } else {
-                // SAFETY: `tail` is the last fresh block pushed above.
-                unsafe { (*chain.tail).next = self.free };
-            }
-            self.free = ptr::null_mut();
-            n += listed;
         } else {
-            if !self.free.is_null() && max > 0 {
-                // Detach up to `max` blocks of the free list by walking its links: no relinking.
-                chain.head = self.free;
-                chain.tail = self.free;
-                n = 1;
-                // SAFETY: blocks on `free` are free blocks of this page holding valid links.
+            // Fresh blocks first, highest address first, so that the lowest is handed out first.
+            let on_list = self.listed();
+            let fresh = (max - max.min(on_list)).min(self.capacity - self.bump);
+            for i in (0..fresh).rev() {
+                let b = self
+                    .start
+                    .wrapping_add((self.bump + i) as usize * self.block_size as usize);
+                unsafe { *dst.add(n as usize) = b.cast() };
+                n += 1;
+            }
+            self.bump += fresh;
+            // Then the free list, so that its head (the most recently freed block) comes out first.
+            let listed = max.min(on_list);
+            n += listed;
+            for i in 1..=listed {
+                let b = self.free;
+                // SAFETY: the list holds `listed()` blocks (struct invariant), each with a valid link.
                 unsafe {
-                    while n < max && !(*chain.tail).next.is_null() {
-                        chain.tail = (*chain.tail).next;
-                        n += 1;
-                    }
-                    self.free = (*chain.tail).next;
-                    (*chain.tail).next = ptr::null_mut();
+                    self.free = (*b).next;
+                    *dst.add((n - i) as usize) = b;
                 }
             }
-            n += self.carve(&mut chain, max - n);
         }
         self.used += n;
-        (chain.head, n, redirtied)
+        (n, redirtied)
     }
 
-    /// Appends up to `n` never-used blocks (at `bump` and past it) to `chain`; returns how many.
-    fn carve(&mut self, chain: &mut Chain, n: u32) -> u32 {
-        let n = n.min(self.capacity - self.bump);
-        for _ in 0..n {
-            let b = self
-                .start
-                .wrapping_add(self.bump as usize * self.block_size as usize);
-            // SAFETY: blocks at or past `bump` were never handed out: fresh memory of this page.
-            unsafe { chain.push(b.cast()) };
-            self.bump += 1;
-        }
-        n
+    /// Blocks on a small page's free list (`bump - used` by the struct invariant).
+    fn listed(&self) -> u32 {
+        self.bump - self.used
     }
 
     /// Returns a chain of `n` blocks of this page. Returns true if the page is now empty.
