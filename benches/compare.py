@@ -9,7 +9,7 @@ rounds, and prints median ratios measured side by side.
 A ratio is other allocator's time / perfalloc's time, per round, then the median over rounds:
 above 1.00 perfalloc is faster. Peak memory is the child's peak resident set per workload.
 """
-import argparse, json, os, pathlib, statistics, subprocess, sys
+import argparse, json, os, pathlib, re, statistics, subprocess, sys
 
 ALLOCS = ["perfalloc", "system", "mimalloc", "jemalloc"]
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def main():
         rounds.append(res)
     names = sorted(set(rounds[0]["perfalloc"]))
     if args.only:
-        names = [n for n in names if args.only in n]
+        names = [n for n in names if re.search(args.only, n)]
     print(f"\n| workload | perfalloc | " + " | ".join(f"vs {a}" for a in ALLOCS[1:])
           + f" |  ({args.rounds} rounds, median of per-round ratios)")
     print("|---|---|" + "---|" * (len(ALLOCS) - 1))

@@ -62,8 +62,9 @@ pub struct ThreadCounters {
     pub allocated: Counter,
     /// Bytes freed by this thread (reallocations count their old size).
     pub freed: Counter,
-    /// High-water mark of `net` since the heap was adopted or `reset_thread_peak`.
-    pub peak: AtomicI64,
+    /// High-water mark of `net` since the heap was adopted or `reset_thread_peak`, except while
+    /// `climbing`: then the mark is `max(peak, net())` (see `thread_peak`). Owner-only.
+    peak: AtomicI64,
     pub reallocs: Counter,
     /// Blocks allocated (resp. freed) inside `realloc`; counted in the class or large figures but not
     /// in `allocations` (resp. `deallocations`).
@@ -81,6 +82,13 @@ pub struct ThreadCounters {
     /// `net() - lo_mark`, with `lo_mark = published - PUBLISH_THRESHOLD`. Owner-only.
     free_room: Cell<i64>,
     published: Cell<i64>,
+    /// The thread has been allocating without freeing since its last new peak: allocations no
+    /// longer check the peak (each would be one) and the first free, which ends the climb, goes
+    /// to the slow path to record it. A producer thread thus takes one slow path per
+    /// `PUBLISH_THRESHOLD` bytes instead of one per allocation.
+    climbing: Cell<bool>,
+    /// `freed` when the last new peak was set: unchanged at the next one means no free between.
+    freed_at_peak: Cell<u64>,
 }
 
 /// Process-wide published live bytes (see the module docs for its error bound).
@@ -189,6 +197,8 @@ impl ThreadCounters {
             alloc_room: Cell::new(0),
             free_room: Cell::new(PUBLISH_THRESHOLD),
             published: Cell::new(0),
+            climbing: Cell::new(false),
+            freed_at_peak: Cell::new(u64::MAX),
         }
     }
 
@@ -236,6 +246,12 @@ impl ThreadCounters {
             self.peak.store(net, Relaxed);
         }
         self.allocated.add(size as u64);
+        // A second new peak with no free since the first: the thread is climbing.
+        let freed = self.freed.get();
+        if freed == self.freed_at_peak.get() {
+            self.climbing.set(true);
+        }
+        self.freed_at_peak.set(freed);
         self.refresh_marks();
         true
     }
@@ -295,6 +311,9 @@ impl ThreadCounters {
         if !cfg!(feature = "stats") {
             return;
         }
+        // A free ends a climb; an allocation continues it.
+        let climbing = self.settle_climb() && freed == 0;
+        self.climbing.set(climbing);
         let net = self.net() + allocated as i64 - freed as i64;
         let unpublished = net - self.published.get();
         if !(-PUBLISH_THRESHOLD..=PUBLISH_THRESHOLD).contains(&unpublished) {
@@ -313,13 +332,46 @@ impl ThreadCounters {
     fn refresh_marks(&self) {
         let published = self.published.get();
         let net = self.net();
-        let hi_mark = self.peak.load(Relaxed).min(published + PUBLISH_THRESHOLD);
-        self.alloc_room.set(hi_mark - net);
-        self.free_room.set(net - (published - PUBLISH_THRESHOLD));
+        let publish_mark = published + PUBLISH_THRESHOLD;
+        if self.climbing.get() {
+            self.alloc_room.set(publish_mark - net);
+            // Below any value the allocations before the next slow path can raise it to (they add
+            // at most `alloc_room <= 2 * PUBLISH_THRESHOLD`): the first free fails its test.
+            self.free_room.set(-4 * PUBLISH_THRESHOLD);
+        } else {
+            let hi_mark = self.peak.load(Relaxed).min(publish_mark);
+            self.alloc_room.set(hi_mark - net);
+            self.free_room.set(net - (published - PUBLISH_THRESHOLD));
+        }
+    }
+
+    /// Ends a climb, if one is on, by recording its peak (the current net: it only rose).
+    /// Returns whether one was on.
+    fn settle_climb(&self) -> bool {
+        if !self.climbing.get() {
+            return false;
+        }
+        self.climbing.set(false);
+        let net = self.net();
+        if net > self.peak.load(Relaxed) {
+            self.peak.store(net, Relaxed);
+        }
+        true
+    }
+
+    /// The thread's peak: the high-water mark of its net bytes.
+    pub fn thread_peak(&self) -> i64 {
+        let peak = self.peak.load(Relaxed);
+        if self.climbing.get() {
+            peak.max(self.net())
+        } else {
+            peak
+        }
     }
 
     /// Sets the thread peak to the current net bytes; returns the old peak.
     pub fn reset_peak(&self) -> i64 {
+        self.settle_climb();
         let old = self.peak.swap(self.net(), Relaxed);
         self.refresh_marks();
         old
@@ -327,6 +379,7 @@ impl ThreadCounters {
 
     /// Raises the thread peak to at least `peak` (used by `measure` to restore the outer peak).
     pub fn raise_peak(&self, peak: i64) {
+        self.settle_climb();
         if peak > self.peak.load(Relaxed) {
             self.peak.store(peak, Relaxed);
         }
@@ -363,6 +416,8 @@ impl ThreadCounters {
             g.store(0, Relaxed);
         }
         self.published.set(0);
+        self.climbing.set(false);
+        self.freed_at_peak.set(u64::MAX);
         self.refresh_marks();
     }
 

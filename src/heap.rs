@@ -531,7 +531,7 @@ impl<'a> GiveBack<'a> {
         let seg = segment::segment_of(b.cast());
         // SAFETY: the block is live from its page's view, so its segment is live and `heap` stable.
         let owner = unsafe { (*seg).heap }.cast::<Heap>();
-        if owner == self.heap as *const Heap as *mut Heap {
+        if ptr::eq(owner, self.heap) {
             self.local(b);
         } else {
             self.foreign(owner, b);

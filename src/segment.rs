@@ -100,7 +100,6 @@ impl Page {
             redirtied += 1 << SMALL_PAGE_SHIFT; // what `put_run` added when the page emptied
         }
         let mut n = 0u32;
-        // SAFETY (whole block): `dst[..max]` is writable (caller promise) and `n < max` at each write.
         if self.is_medium() {
             while n < max && self.free_mask != 0 {
                 let i = self.free_mask.trailing_zeros();
@@ -112,6 +111,7 @@ impl Page {
                 let b = self
                     .start
                     .wrapping_add(i as usize * self.block_size as usize);
+                // SAFETY: `dst[..max]` is writable (caller promise) and `n < max`.
                 unsafe { *dst.add(n as usize) = b.cast() };
                 n += 1;
             }
@@ -123,6 +123,7 @@ impl Page {
                 let b = self
                     .start
                     .wrapping_add((self.bump + i) as usize * self.block_size as usize);
+                // SAFETY: `dst[..max]` is writable (caller promise) and `n < fresh <= max`.
                 unsafe { *dst.add(n as usize) = b.cast() };
                 n += 1;
             }
@@ -132,7 +133,8 @@ impl Page {
             n += listed;
             for i in 1..=listed {
                 let b = self.free;
-                // SAFETY: the list holds `listed()` blocks (struct invariant), each with a valid link.
+                // SAFETY: the list holds `on_list >= listed` blocks (struct invariant), each with a
+                // valid link; `n - i < n <= max` indexes `dst`.
                 unsafe {
                     self.free = (*b).next;
                     *dst.add((n - i) as usize) = b;

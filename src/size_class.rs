@@ -58,11 +58,11 @@ const fn make_sizes() -> [u32; CLASSES] {
     t
 }
 
-const fn make_table() -> [u8; TABLE_MAX / 8 + 1] {
-    let mut t = [0u8; TABLE_MAX / 8 + 1];
+const fn make_table() -> [u8; TABLE_MAX + 1] {
+    let mut t = [0u8; TABLE_MAX + 1];
     let mut i = 0;
     while i < t.len() {
-        t[i] = compute_class(i * 8) as u8;
+        t[i] = compute_class(i) as u8;
         i += 1;
     }
     t
@@ -70,14 +70,16 @@ const fn make_table() -> [u8; TABLE_MAX / 8 + 1] {
 
 /// Block size of each class.
 pub static BLOCK_SIZE: [u32; CLASSES] = make_sizes();
-/// `CLASS_OF_WORDS[(size + 7) / 8]` is the class of `size` for `size <= TABLE_MAX`. A `const`, not a
-/// `static`: inlined into the caller's crate it is addressed RIP-relative, without a GOT load.
-const CLASS_OF_WORDS: [u8; TABLE_MAX / 8 + 1] = make_table();
+/// `CLASS_OF_SIZE[size]` is the class of `size` for `size <= TABLE_MAX`: indexed by the size itself,
+/// not by words, so the fast path does no arithmetic before the load (4 KiB of table, of which a
+/// program touches the lines of the sizes it uses). A `const`, not a `static`: inlined into the
+/// caller's crate it is addressed RIP-relative, without a GOT load.
+const CLASS_OF_SIZE: [u8; TABLE_MAX + 1] = make_table();
 
 const fn table_is_in_range() -> bool {
     let mut i = 0;
-    while i < CLASS_OF_WORDS.len() {
-        if CLASS_OF_WORDS[i] as usize >= CLASSES {
+    while i < CLASS_OF_SIZE.len() {
+        if CLASS_OF_SIZE[i] as usize >= CLASSES {
             return false;
         }
         i += 1;
@@ -105,7 +107,7 @@ pub fn is_table_size(size: usize, align: usize) -> bool {
 #[inline(always)]
 pub fn table_class(size: usize) -> usize {
     debug_assert!(size <= TABLE_MAX);
-    CLASS_OF_WORDS[(size + 7) >> 3] as usize
+    CLASS_OF_SIZE[size] as usize
 }
 
 /// The class for a request of `size` bytes with alignment `align`, or `None` if it is large.

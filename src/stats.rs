@@ -226,7 +226,7 @@ pub fn thread_stats() -> ThreadStats {
         deallocations: t.deallocations(),
         reallocations: t.reallocs,
         net_bytes: t.net,
-        peak_bytes: clamp(h.counters.peak.load(Relaxed)),
+        peak_bytes: clamp(h.counters.thread_peak()),
     }
 }
 
@@ -262,7 +262,7 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
     let outer_peak = h.counters.reset_peak();
     let r = f();
     let after = thread_totals(h);
-    let scope_peak = h.counters.peak.load(Relaxed) - before.net;
+    let scope_peak = h.counters.thread_peak() - before.net;
     h.counters.raise_peak(outer_peak);
     let freed = after.freed - before.freed;
     let m = Measurement {

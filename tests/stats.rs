@@ -366,6 +366,64 @@ fn counts_never_go_backwards_while_threads_exit() {
     churn.join().unwrap();
 }
 
+/// A thread that only allocates stops checking its peak on each allocation (see `counters`): the
+/// peak must still be exact in the middle of a climb, after the free that ends it, across a
+/// second climb that stays below it and one that passes it, and inside `measure`.
+fn a_climbing_thread_keeps_an_exact_peak() {
+    use std::alloc::{alloc, dealloc, Layout};
+    std::thread::spawn(|| {
+        let sizes: Vec<usize> = (0..3000).map(|i| 16 + (i * 37) % 500).collect();
+        let mut held: Vec<(*mut u8, Layout)> = Vec::with_capacity(sizes.len() * 2);
+        let mut climb = |held: &mut Vec<(*mut u8, Layout)>, sizes: &[usize]| {
+            for &size in sizes {
+                let layout = Layout::from_size_align(size, 8).unwrap();
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc(layout) };
+                assert!(!p.is_null());
+                held.push((p, layout));
+            }
+        };
+        let drop_last = |held: &mut Vec<(*mut u8, Layout)>, n: usize| {
+            for (p, layout) in held.drain(held.len() - n..) {
+                // SAFETY: allocated by `climb` with this layout.
+                unsafe { dealloc(p, layout) };
+            }
+        };
+        perfalloc::reset_thread_peak();
+        let base = thread_stats().net_bytes;
+        let sum = |s: &[usize]| s.iter().sum::<usize>() as i64;
+
+        climb(&mut held, &sizes[..2000]);
+        let first = base + sum(&sizes[..2000]);
+        assert_eq!(thread_stats().peak_bytes as i64, first, "mid-climb");
+        drop_last(&mut held, 1000);
+        assert_eq!(thread_stats().peak_bytes as i64, first, "after the free ending the climb");
+        let net = thread_stats().net_bytes;
+        climb(&mut held, &sizes[2000..2100]); // stays below the first peak
+        assert!(net + sum(&sizes[2000..2100]) < first);
+        drop_last(&mut held, 1);
+        assert_eq!(thread_stats().peak_bytes as i64, first, "a lower climb moved it");
+        let net = thread_stats().net_bytes;
+        climb(&mut held, &sizes[..]); // passes it
+        let second = net + sum(&sizes[..]);
+        drop_last(&mut held, 500);
+        assert_eq!(thread_stats().peak_bytes as i64, second, "a higher climb");
+
+        let net = thread_stats().net_bytes;
+        let ((), m) = measure(|| {
+            climb(&mut held, &sizes[..1500]);
+            drop_last(&mut held, 1500);
+        });
+        assert_eq!(m.peak_bytes as i64, sum(&sizes[..1500]), "measure of a climb");
+        let outer = second.max(net + sum(&sizes[..1500]));
+        assert_eq!(thread_stats().peak_bytes as i64, outer, "the outer peak after measure");
+        let n = held.len();
+        drop_last(&mut held, n);
+    })
+    .join()
+    .unwrap();
+}
+
 fn main() {
     let tests: &[(&str, fn())] = &[
         (
@@ -381,6 +439,10 @@ fn main() {
             nested_measure_keeps_the_outer_peak,
         ),
         ("thread_stats_and_thread_peak", thread_stats_and_thread_peak),
+        (
+            "a_climbing_thread_keeps_an_exact_peak",
+            a_climbing_thread_keeps_an_exact_peak,
+        ),
         (
             "cross_thread_frees_leave_live_bytes_where_they_started",
             cross_thread_frees_leave_live_bytes_where_they_started,
