@@ -9,8 +9,11 @@
 //! far `net` may rise before the next mark, `free_room` how far it may fall; an allocation takes
 //! from one and gives to the other, and a room going negative sends the operation to the slow
 //! path. That is a subtract, a sign test and two adds per operation. The
-//! thread's own peak is exact: `alloc_room` never exceeds `peak - net`, and the cold
-//! path moves `peak`. The process-wide live total `LIVE` is the sum of what threads have
+//! thread's own peak is exact: `alloc_room` never exceeds `peak - net` (outside a climb, below),
+//! and the cold path moves `peak`. A thread that sets two new peaks with no free between is *climbing*: its
+//! allocations then check only the publishing mark, its next free takes the slow path and records
+//! the peak (the net just before it, since the climb only rose), and `thread_peak()` reads
+//! `max(peak, net)` meanwhile. The process-wide live total `LIVE` is the sum of what threads have
 //! *published*: a thread publishes when its `net` has moved by more than `PUBLISH_THRESHOLD` since
 //! its last publication (the same rooms), so the fast path touches no
 //! shared cache line. Hence at any moment `|LIVE - true live| <= threads * PUBLISH_THRESHOLD`, and
@@ -51,12 +54,16 @@ impl Counter {
 
 /// Counters of one heap. All byte figures are requested sizes (what the program asked for).
 ///
-/// Invariants (owner's view): `net() <= peak`; after each slow path, `alloc_room == min(peak,
-/// published + PUBLISH_THRESHOLD) - net()` and `free_room == net() - (published -
-/// PUBLISH_THRESHOLD)`, and the fast paths keep both equalities. A fast path that drives a room
-/// below zero (crossing a mark) sends its operation to the slow path, which accounts it from
-/// `allocated` and `freed` alone and recomputes both rooms; a room left below zero by an
+/// Invariants (owner's view), when not `climbing`: `net() <= peak`; after each slow path,
+/// `alloc_room == min(peak, published + PUBLISH_THRESHOLD) - net()` and `free_room == net() -
+/// (published - PUBLISH_THRESHOLD)`, and the fast paths keep both equalities. A fast path that
+/// drives a room below zero (crossing a mark) sends its operation to the slow path, which accounts
+/// it from `allocated` and `freed` alone and recomputes both rooms; a room left below zero by an
 /// allocation that then failed only sends the next operation there too.
+///
+/// While `climbing`: `net()` may pass `peak` (the true peak is `max(peak, net())`, as `net` only
+/// rose since the climb began); `alloc_room == published + PUBLISH_THRESHOLD - net()` and
+/// `free_room < 0`, so every free takes the slow path, which ends the climb.
 pub struct ThreadCounters {
     /// Bytes allocated by this thread (reallocations count their new size).
     pub allocated: Counter,
@@ -77,9 +84,11 @@ pub struct ThreadCounters {
     /// Requested bytes of live large blocks allocated minus freed by this thread.
     pub large_live: AtomicI64,
     /// `hi_mark - net()`: bytes this thread may allocate before its slow path must run, where
-    /// `hi_mark = min(peak, published + PUBLISH_THRESHOLD)`. Owner-only.
+    /// `hi_mark = min(peak, published + PUBLISH_THRESHOLD)` (`published + PUBLISH_THRESHOLD` while
+    /// climbing). Owner-only.
     alloc_room: Cell<i64>,
-    /// `net() - lo_mark`, with `lo_mark = published - PUBLISH_THRESHOLD`. Owner-only.
+    /// `net() - lo_mark`, with `lo_mark = published - PUBLISH_THRESHOLD` (negative while
+    /// climbing). Owner-only.
     free_room: Cell<i64>,
     published: Cell<i64>,
     /// The thread has been allocating without freeing since its last new peak: allocations no

@@ -1,28 +1,31 @@
 //! Thread-local heaps: the allocation fast path and everything that keeps it fast.
 //!
 //! # Fast path
-//! Each heap has one **bin** per size class: an intrusive LIFO list of free blocks with a count and
-//! a limit. `alloc` pops from the bin of the request's class; `dealloc` pushes onto it. The class
-//! comes from the `Layout`, which `dealloc` receives too, so a free needs no lookup at all. Neither
-//! touches a lock or an atomic read-modify-write. The statistics (`counters`) take the size from a
-//! precomputed room and test its sign. Measured with `benches/callgrind.sh 64`: 65 instructions per
-//! alloc+free pair through `GlobalAlloc`, about 12 of them loop and call glue; 55 without stats.
+//! Each heap has one **bin** per size class: a stack of pointers to free blocks (see `Heap`).
+//! `alloc` pops the top pointer of the request's class; `dealloc` pushes one. The class comes from
+//! the `Layout`, which `dealloc` receives too, so a free needs no lookup at all. Neither touches a
+//! lock or an atomic read-modify-write, and neither reads or writes the block itself. The
+//! statistics (`counters`) take the size from a precomputed room and test its sign. Measured with
+//! `benches/callgrind.sh 64`: 54 instructions per alloc+free pair through `GlobalAlloc`, about 12
+//! of them loop and call glue.
 //!
 //! # Slow paths (`#[cold]`)
-//! - **Refill** (bin empty): take blocks from the first page in the class's queue: its whole free
-//!   list when that fits the bin (in O(1), without reading a block), else half a bin; fresh blocks
-//!   are carved lazily, and a page that empties is carved afresh, in address order, next time. Get
-//!   a page from one of the heap's segments, or a new segment, when the queue is empty.
-//! - **Flush** (bin full): the newest half of the bin goes back to the pages it came from. A block of
-//!   a page of this heap is put back directly; a block of another heap's page goes to that heap.
+//! - **Refill** (bin empty): collect other threads' frees (`drain_remote`), then take up to half a
+//!   bin from the first page in the class's queue: free-list blocks, then fresh blocks carved
+//!   lazily (a page that empties is carved afresh, in address order, next time). Get a page from
+//!   one of the heap's segments, or a new segment, when the queue is empty.
+//! - **Flush** (bin full): the oldest half of the bin goes back to the pages it came from
+//!   (`GiveBack`); the newest half, likeliest to be in cache, stays.
 //!
 //! # Cross-thread frees
-//! A block may be freed on any thread; it lands in that thread's bin and may be reused there. When a
-//! bin flushes blocks whose segment belongs to another heap `H`, consecutive blocks for `H` are
-//! linked into a chain and pushed onto `H.remote` with one compare-and-swap (a Treiber push; the
-//! only consumer takes the whole list with one `swap`, so there is no ABA). `H`'s owner drains
-//! `remote` on its next refill and puts each block back into its page. A block is counted as used by
-//! its page until the owner drains it, so the segment of a block in flight is never released.
+//! A block may be freed on any thread; it lands in that thread's bin and may be reused there. When
+//! a flush meets blocks of another heap `H`, it sends them as messages: the first block of a batch
+//! carries the addresses of the next ones in its own memory, and consecutive messages for `H` are
+//! pushed onto `H.remote` with one compare-and-swap (a Treiber push; the only consumer takes the
+//! whole list with one `swap`, so there is no ABA). The freeing thread writes one block per batch,
+//! and the others' cache lines never leave the owner. `H`'s owner drains `remote` on its next
+//! refill and puts each block back into its page. A block is counted as used by its page until the
+//! owner drains it, so the segment of a block in flight is never released.
 //!
 //! # Thread lifecycle
 //! A thread's first allocation finds the static `EMPTY` heap (every bin empty, limit 0), falls into
@@ -88,7 +91,7 @@ const STATE_LIVE: u8 = 2;
 /// heap) touches its `Cell`s; other threads touch only `remote` and read the counters.
 ///
 /// **Bins.** For each class `c` the heap has a stack of free blocks: pointers in a slot array
-/// (`slots`, mapped with the heap), `lows[c] <= tops[c] <= highs[c]`; the blocks are
+/// (carved right after the heap by `adopt_heap`), `lows[c] <= tops[c] <= highs[c]`; the blocks are
 /// `lows[c]..tops[c]`, newest on top. Each block is of class `c`, unused, and counted as used by
 /// its page. The bins are structure-of-arrays so that the fast path addresses each field as
 /// `field[class]` with a scaled index. A bin holds pointers, not linked blocks: a free writes
@@ -154,13 +157,15 @@ impl Heap {
         }
     }
 
-    /// Blocks in the bin of `class`.
+    /// Blocks in the bin of `class`. Only for a live heap (EMPTY and DEAD have no slots).
     fn bin_len(&self, class: usize) -> usize {
-        // SAFETY: `tops` and `lows` point into the same slot array (struct invariant).
+        debug_assert!(self.is_live());
+        // SAFETY: a live heap's `tops` and `lows` point into its slot array (struct invariant).
         unsafe { self.tops[class].get().offset_from(self.lows[class].get()) as usize }
     }
 
     fn bin_limit(&self, class: usize) -> usize {
+        debug_assert!(self.is_live());
         // SAFETY: as in `bin_len`.
         unsafe { self.highs[class].get().offset_from(self.lows[class].get()) as usize }
     }
@@ -478,7 +483,7 @@ fn flush(heap: &Heap, class: usize, keep: usize) {
         return;
     }
     let low = heap.lows[class].get();
-    let mut back = GiveBack::new(heap);
+    let mut back = GiveBack::new(heap, size_class::block_size(class));
     for i in 0..n {
         // SAFETY: `low[..len]` are the bin's blocks.
         back.block(unsafe { *low.add(i) });
@@ -493,10 +498,14 @@ fn flush(heap: &Heap, class: usize, keep: usize) {
 ///
 /// Consecutive blocks of one of our pages are linked into a run and spliced into the page at once.
 /// Blocks of another heap travel as **messages**: the first block of a batch for one owner becomes
-/// a carrier and holds the addresses of the next ones in its own memory (word 0: the link of the
-/// remote list; word 1: how many addresses follow; then the addresses), so the sender writes
-/// one block per batch instead of every block. A class of 8 B blocks cannot carry: each block is
-/// its own message. Consecutive messages for one owner are pushed with one compare-and-swap.
+/// a carrier and holds the addresses of the next ones in its own memory: word 0 is the link of the
+/// remote list, words `1..size / 8` the addresses, ended by a null unless all are used. So the
+/// sender writes one block per batch (of up to 63 for 512-byte blocks, 1 for 16-byte ones)
+/// instead of every block. An 8-byte block has no room: it is a message of its own. Consecutive
+/// messages for one owner are pushed with one compare-and-swap.
+///
+/// Invariants: the run's blocks are of page `run.0`, linked from `run.1` to `run.2`, `run.3` of
+/// them; the messages in `sent` and the carrier are all for `owner`; `carried <= capacity`.
 struct GiveBack<'a> {
     heap: &'a Heap,
     /// The local run being built: page, head, tail, count.
@@ -504,16 +513,23 @@ struct GiveBack<'a> {
     /// The owner the pending messages go to, and those messages (head, tail), sealed.
     owner: *mut Heap,
     sent: (*mut Block, *mut Block),
-    /// The carrier being filled, how many addresses it holds, and how many it can hold.
+    /// The carrier being filled and how many addresses it holds.
     carrier: *mut Block,
     carried: usize,
+    /// How many addresses a carrier holds: from the block size of the bin being flushed (so the
+    /// sender never reads the owner's page records, whose cache lines the owner is writing).
     capacity: usize,
-    /// Whether the carrier has a count word (blocks of 16 B or more).
-    counted: bool,
+}
+
+/// Addresses a message block of `block_size` bytes can carry.
+fn carrier_capacity(block_size: usize) -> usize {
+    block_size / 8 - 1
 }
 
 impl<'a> GiveBack<'a> {
-    fn new(heap: &'a Heap) -> Self {
+    /// `block_size` is that of every block that may go to another heap (a flush is of one class);
+    /// any value for a drain, which only meets our own blocks.
+    fn new(heap: &'a Heap, block_size: usize) -> Self {
         GiveBack {
             heap,
             run: (ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 0),
@@ -521,8 +537,7 @@ impl<'a> GiveBack<'a> {
             sent: (ptr::null_mut(), ptr::null_mut()),
             carrier: ptr::null_mut(),
             carried: 0,
-            capacity: 0,
-            counted: false,
+            capacity: carrier_capacity(block_size),
         }
     }
 
@@ -562,19 +577,15 @@ impl<'a> GiveBack<'a> {
             self.owner = owner;
         }
         if !self.carrier.is_null() && self.carried < self.capacity {
-            // SAFETY: the carrier is a block of at least `2 + capacity` words that we own until
-            // it is sent; slot `2 + carried` is inside it.
-            unsafe { *self.carrier.cast::<*mut Block>().add(2 + self.carried) = b };
+            // SAFETY: the carrier is a block of `capacity + 1` words that we own until it is
+            // sent; word `1 + carried <= capacity` is inside it.
+            unsafe { *self.carrier.cast::<*mut Block>().add(1 + self.carried) = b };
             self.carried += 1;
             return;
         }
         self.seal();
-        // SAFETY: the block is live from its page's view, so its page record is readable.
-        let size = unsafe { (*segment::page_of(b.cast())).block_size } as usize;
         self.carrier = b;
         self.carried = 0;
-        self.capacity = (size / 8).saturating_sub(2);
-        self.counted = size >= 16;
     }
 
     /// Closes the carrier and appends it to the messages for `owner`.
@@ -583,11 +594,12 @@ impl<'a> GiveBack<'a> {
         if m.is_null() {
             return;
         }
-        // SAFETY: the carrier is ours until sent; a carrier of 16 B or more has a count word.
+        // SAFETY: the carrier is ours until sent; when it is not full, word `1 + carried` is
+        // inside it (`carried < capacity`).
         unsafe {
             (*m).next = ptr::null_mut();
-            if self.counted {
-                *m.cast::<usize>().add(1) = self.carried;
+            if self.carried < self.capacity {
+                *m.cast::<*mut Block>().add(1 + self.carried) = ptr::null_mut();
             }
             if self.sent.1.is_null() {
                 self.sent.0 = m;
@@ -617,33 +629,27 @@ impl<'a> GiveBack<'a> {
     }
 }
 
-/// Whether a message block has a count word: every block of 16 B or more.
-///
-/// # Safety
-/// `m` is a block of one of the calling thread's pages.
-unsafe fn is_counted(m: *mut Block) -> bool {
-    // SAFETY: caller promise.
-    unsafe { (*segment::page_of(m.cast())).block_size >= 16 }
-}
-
 /// Puts back blocks other threads freed into our pages.
 fn drain_remote(heap: &Heap) {
     if heap.remote.is_empty() {
         return;
     }
     let mut m = heap.remote.take_all();
-    let mut back = GiveBack::new(heap);
+    let mut back = GiveBack::new(heap, 8);
     while !m.is_null() {
         // SAFETY: the Acquire swap makes the senders' writes visible; every message is a block of
-        // one of our pages, sealed by `GiveBack::seal`, and so are the blocks it carries.
+        // one of our pages, sealed by `GiveBack::seal`, and so are the blocks it carries. Its
+        // words are all read before the message itself is given back.
         unsafe {
             let next = (*m).next;
-            if is_counted(m) {
-                let words = m.cast::<*mut Block>();
-                let n = *words.add(1) as usize;
-                for i in 0..n {
-                    back.local(*words.add(2 + i));
+            let words = m.cast::<*mut Block>();
+            let capacity = carrier_capacity((*segment::page_of(m.cast())).block_size as usize);
+            for i in 1..=capacity {
+                let b = *words.add(i);
+                if b.is_null() {
+                    break;
                 }
+                back.local(b);
             }
             back.local(m);
             m = next;
@@ -1142,6 +1148,64 @@ extern "C" fn fork_parent() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Blocks of `heap`'s pages of `class` that are neither free in a page nor in its bin: those
+    /// the program holds, or that sit in another heap's bin or remote list.
+    fn held(heap: &Heap, class: usize) -> i64 {
+        let mut used = 0i64;
+        for kind in 0..2 {
+            let mut seg = heap.segments[kind].get();
+            while !seg.is_null() {
+                // SAFETY: the heap's segments are live; the test owns the heap.
+                unsafe {
+                    for idx in 1..(*seg).page_count as usize {
+                        let page = &(*seg).pages[idx];
+                        if page.class as usize == class {
+                            used += page.used as i64;
+                        }
+                    }
+                    seg = (*seg).next;
+                }
+            }
+        }
+        used - heap.bin_len(class) as i64
+    }
+
+    /// Blocks of a heap freed on another heap travel back as messages (a carrier block holding the
+    /// addresses of the others) and all land in their pages again: for 8-byte blocks, which cannot
+    /// carry, 16-byte ones, which carry one, larger ones and medium ones.
+    #[test]
+    fn blocks_freed_on_another_heap_come_back_to_their_pages() {
+        std::thread::spawn(|| {
+            let here = current_live().expect("a heap");
+            // A second heap, owned by nobody else: this thread plays its owner.
+            // SAFETY: a live heap from the registry, used only by this test from here on.
+            let there = unsafe { &*adopt_heap(false).expect("a heap") };
+            for size in [8, 16, 24, 48, 512, 4096, 20_000] {
+                let class = size_class::class_of(size, 8).unwrap();
+                let before = held(there, class);
+                let n = 3 * there.bin_limit(class) + 7;
+                let blocks: Vec<*mut u8> =
+                    (0..n).map(|_| alloc_small(there, class, size)).collect();
+                assert!(blocks.iter().all(|p| !p.is_null()));
+                assert_eq!(held(there, class), before + n as i64, "size {size}");
+                for &p in &blocks {
+                    // SAFETY: allocated above with this size; freed once, on this thread's heap.
+                    unsafe { free_small(here, p.cast(), class, size) };
+                }
+                flush(here, class, 0);
+                assert!(!there.remote.is_empty(), "size {size}: nothing was sent");
+                drain_remote(there);
+                assert_eq!(
+                    held(there, class),
+                    before,
+                    "size {size}: blocks did not come back"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     /// Emptying a page adds its size to the dirty bytes and reusing it takes the same amount off,
     /// so filling and emptying the same pages over and over must not make the total creep up

@@ -33,7 +33,9 @@ static_assertions::const_assert!(MAX_PAGES <= 64);
 /// look inside one); the heap module converts its own address to and from it.
 pub enum Owner {}
 
-/// A free block's first word: the link of whichever list holds it (bin, page list or remote list).
+/// A free block's first word: the link of the list that holds it (a page's free list or run, or a
+/// remote list, where a message block also carries addresses after it; see `heap::GiveBack`).
+/// Blocks in bins are not linked: bins hold pointers.
 #[repr(C)]
 pub struct Block {
     pub next: *mut Block,
@@ -88,8 +90,9 @@ impl Page {
     }
 
     /// Takes up to `max` blocks into `dst[..n]` and returns `(n, bytes that were counted as dirty and
-    /// are in use again)`. The block to hand out first is written last (bins pop from the end): the
-    /// head of the free list, which was freed most recently, then fresh blocks in address order.
+    /// are in use again)`. The block to hand out first is written last (bins pop from the end): on a
+    /// small page, the head of the free list, which was freed most recently, then fresh blocks in
+    /// address order; on a medium page, the free block with the highest index.
     ///
     /// # Safety
     /// The page is in use and owned by the calling thread's heap; `dst` has room for `max` pointers.

@@ -374,7 +374,7 @@ fn a_climbing_thread_keeps_an_exact_peak() {
     std::thread::spawn(|| {
         let sizes: Vec<usize> = (0..3000).map(|i| 16 + (i * 37) % 500).collect();
         let mut held: Vec<(*mut u8, Layout)> = Vec::with_capacity(sizes.len() * 2);
-        let mut climb = |held: &mut Vec<(*mut u8, Layout)>, sizes: &[usize]| {
+        let climb = |held: &mut Vec<(*mut u8, Layout)>, sizes: &[usize]| {
             for &size in sizes {
                 let layout = Layout::from_size_align(size, 8).unwrap();
                 // SAFETY: non-zero size.
@@ -397,12 +397,20 @@ fn a_climbing_thread_keeps_an_exact_peak() {
         let first = base + sum(&sizes[..2000]);
         assert_eq!(thread_stats().peak_bytes as i64, first, "mid-climb");
         drop_last(&mut held, 1000);
-        assert_eq!(thread_stats().peak_bytes as i64, first, "after the free ending the climb");
+        assert_eq!(
+            thread_stats().peak_bytes as i64,
+            first,
+            "after the free ending the climb"
+        );
         let net = thread_stats().net_bytes;
         climb(&mut held, &sizes[2000..2100]); // stays below the first peak
         assert!(net + sum(&sizes[2000..2100]) < first);
         drop_last(&mut held, 1);
-        assert_eq!(thread_stats().peak_bytes as i64, first, "a lower climb moved it");
+        assert_eq!(
+            thread_stats().peak_bytes as i64,
+            first,
+            "a lower climb moved it"
+        );
         let net = thread_stats().net_bytes;
         climb(&mut held, &sizes[..]); // passes it
         let second = net + sum(&sizes[..]);
@@ -414,9 +422,17 @@ fn a_climbing_thread_keeps_an_exact_peak() {
             climb(&mut held, &sizes[..1500]);
             drop_last(&mut held, 1500);
         });
-        assert_eq!(m.peak_bytes as i64, sum(&sizes[..1500]), "measure of a climb");
+        assert_eq!(
+            m.peak_bytes as i64,
+            sum(&sizes[..1500]),
+            "measure of a climb"
+        );
         let outer = second.max(net + sum(&sizes[..1500]));
-        assert_eq!(thread_stats().peak_bytes as i64, outer, "the outer peak after measure");
+        assert_eq!(
+            thread_stats().peak_bytes as i64,
+            outer,
+            "the outer peak after measure"
+        );
         let n = held.len();
         drop_last(&mut held, n);
     })
