@@ -392,30 +392,23 @@ fn a_climbing_thread_keeps_an_exact_peak() {
         perfalloc::reset_thread_peak();
         let base = thread_stats().net_bytes;
         let sum = |s: &[usize]| s.iter().sum::<usize>() as i64;
+        let peak = || thread_stats().peak_bytes as i64;
 
         climb(&mut held, &sizes[..2000]);
         let first = base + sum(&sizes[..2000]);
-        assert_eq!(thread_stats().peak_bytes as i64, first, "mid-climb");
+        assert_eq!(peak(), first, "mid-climb");
         drop_last(&mut held, 1000);
-        assert_eq!(
-            thread_stats().peak_bytes as i64,
-            first,
-            "after the free ending the climb"
-        );
+        assert_eq!(peak(), first, "after the free ending the climb");
         let net = thread_stats().net_bytes;
         climb(&mut held, &sizes[2000..2100]); // stays below the first peak
         assert!(net + sum(&sizes[2000..2100]) < first);
         drop_last(&mut held, 1);
-        assert_eq!(
-            thread_stats().peak_bytes as i64,
-            first,
-            "a lower climb moved it"
-        );
+        assert_eq!(peak(), first, "a lower climb moved it");
         let net = thread_stats().net_bytes;
         climb(&mut held, &sizes[..]); // passes it
         let second = net + sum(&sizes[..]);
         drop_last(&mut held, 500);
-        assert_eq!(thread_stats().peak_bytes as i64, second, "a higher climb");
+        assert_eq!(peak(), second, "a higher climb");
 
         let net = thread_stats().net_bytes;
         let ((), m) = measure(|| {
@@ -428,11 +421,7 @@ fn a_climbing_thread_keeps_an_exact_peak() {
             "measure of a climb"
         );
         let outer = second.max(net + sum(&sizes[..1500]));
-        assert_eq!(
-            thread_stats().peak_bytes as i64,
-            outer,
-            "the outer peak after measure"
-        );
+        assert_eq!(peak(), outer, "the outer peak after measure");
         let n = held.len();
         drop_last(&mut held, n);
     })
