@@ -10,10 +10,10 @@
 //! from one and gives to the other, and a room going negative sends the operation to the slow
 //! path. That is a subtract, a sign test and two adds per operation. The
 //! thread's own peak is exact: `alloc_room` never exceeds `peak - net` (outside a climb, below),
-//! and the cold path moves `peak`. A thread that sets two new peaks with no free between is *climbing*: its
-//! allocations then check only the publishing mark, its next free takes the slow path and records
-//! the peak (the net just before it, since the climb only rose), and `thread_peak()` reads
-//! `max(peak, net)` meanwhile. The process-wide live total `LIVE` is the sum of what threads have
+//! and the cold path moves `peak`. A thread that sets two new peaks with no free between is
+//! *climbing*: its allocations then check only the publishing mark, its next free takes the slow
+//! path and records the peak (the net just before it, since the climb only rose), and
+//! `thread_peak()` reads `max(peak, net)` meanwhile. The process-wide live total `LIVE` is the sum of what threads have
 //! *published*: a thread publishes when its `net` has moved by more than `PUBLISH_THRESHOLD` since
 //! its last publication (the same rooms), so the fast path touches no
 //! shared cache line. Hence at any moment `|LIVE - true live| <= threads * PUBLISH_THRESHOLD`, and

@@ -28,13 +28,13 @@
 //! owner drains it, so the segment of a block in flight is never released.
 //!
 //! # Thread lifecycle
-//! A thread's first allocation finds the static `EMPTY` heap (every bin empty, limit 0), falls into
-//! the slow path, and adopts a heap: a heap left by an exited thread if there is one, else a new one
-//! carved from memory mapped for metadata. A `pthread` key destructor flushes and purges the heap at
-//! thread exit, folds its counters into the process totals and leaves it on the orphan list, still
-//! reachable by remote frees, for the next new thread. Thread churn therefore reuses heaps instead
-//! of leaking them. After the destructor ran, the thread's heap is the static `DEAD` heap, and
-//! allocation goes through a shared fallback heap under a lock.
+//! A thread's first allocation finds the static `EMPTY` heap (no slots: every bin is empty and
+//! full), falls into the slow path, and adopts a heap: a heap left by an exited thread if there is
+//! one, else a new one carved from memory mapped for metadata. A `pthread` key destructor flushes
+//! and purges the heap at thread exit, folds its counters into the process totals and leaves it on
+//! the orphan list, still reachable by remote frees, for the next new thread. Thread churn
+//! therefore reuses heaps instead of leaking them. After the destructor ran, the thread's heap is
+//! the static `DEAD` heap, and allocation goes through a shared fallback heap under a lock.
 //!
 //! # Returning memory
 //! Emptied pages and free medium blocks are counted as dirty; after `PURGE_DELAY_MS`, or once more
@@ -59,7 +59,8 @@ const PURGE_BOUND: usize = 64 << 20;
 /// How long emptied memory is kept for reuse before it is purged.
 const PURGE_DELAY_MS: u64 = 200;
 
-/// Free-block slots a heap keeps for class `c`: about 64 KiB of blocks, at least 2 and at most 512.
+/// Free-block slots a heap keeps for class `c` (`highs[c] - lows[c]` of a live heap): about 64 KiB
+/// of blocks, at least 2 and at most 512.
 const fn bin_limit(c: usize) -> usize {
     let n = 64 * 1024 / size_class::BLOCK_SIZE[c] as usize;
     if n < 2 {
@@ -162,12 +163,6 @@ impl Heap {
         debug_assert!(self.is_live());
         // SAFETY: a live heap's `tops` and `lows` point into its slot array (struct invariant).
         unsafe { self.tops[class].get().offset_from(self.lows[class].get()) as usize }
-    }
-
-    fn bin_limit(&self, class: usize) -> usize {
-        debug_assert!(self.is_live());
-        // SAFETY: as in `bin_len`.
-        unsafe { self.highs[class].get().offset_from(self.lows[class].get()) as usize }
     }
 
     /// Adds this heap's counters to `t`.
@@ -427,7 +422,7 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
         return;
     }
     heap.counters.free_slow(size);
-    let limit = heap.bin_limit(class);
+    let limit = bin_limit(class);
     if heap.bin_len(class) >= limit {
         flush(heap, class, limit / 2);
     }
@@ -448,7 +443,7 @@ fn refill(heap: &Heap, class: usize) -> bool {
 /// Requires an empty bin: refills run only when an allocation finds none.
 fn fill_bin(heap: &Heap, class: usize) -> bool {
     debug_assert_eq!(heap.bin_len(class), 0);
-    let want = heap.bin_limit(class).div_ceil(2) as u32;
+    let want = bin_limit(class).div_ceil(2) as u32;
     let low = heap.lows[class].get();
     loop {
         let mut page = heap.queues[class].get();
@@ -1184,7 +1179,7 @@ mod tests {
             for size in [8, 16, 24, 48, 512, 4096, 20_000] {
                 let class = size_class::class_of(size, 8).unwrap();
                 let before = held(there, class);
-                let n = 3 * there.bin_limit(class) + 7;
+                let n = 3 * bin_limit(class) + 7;
                 let blocks: Vec<*mut u8> =
                     (0..n).map(|_| alloc_small(there, class, size)).collect();
                 assert!(blocks.iter().all(|p| !p.is_null()));

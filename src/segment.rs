@@ -119,7 +119,8 @@ impl Page {
                 n += 1;
             }
         } else {
-            // Fresh blocks first, highest address first, so that the lowest is handed out first.
+            // Fresh blocks go in first (at the bottom), highest address first, so that they come out
+            // lowest address first, after the free list.
             let on_list = self.listed();
             let fresh = (max - max.min(on_list)).min(self.capacity - self.bump);
             for i in (0..fresh).rev() {
