@@ -37,9 +37,11 @@
 //! the static `DEAD` heap, and allocation goes through a shared fallback heap under a lock.
 //!
 //! # Returning memory
-//! Emptied pages and free medium blocks are counted as dirty; after `PURGE_DELAY_MS`, or once more
-//! than `PURGE_BOUND` bytes are dirty, the next slow path walks the heap's segments, releases empty
-//! pages and segments, and purges the OS pages inside free medium blocks.
+//! Emptied pages and free medium blocks are counted as dirty. Every `PURGE_DELAY_MS` while anything
+//! is dirty, the next slow path walks the heap's segments, releases the empty pages (and segments)
+//! that nothing was taken from since the previous walk, and purges the OS pages inside free medium
+//! blocks of such pages; pages in reuse stay resident. Once more than `PURGE_BOUND` bytes are
+//! dirty, it does so at once, and releases pages in reuse too if the idle ones were not enough.
 
 use crate::counters::{Counter, ThreadCounters, Totals};
 use crate::extent;
@@ -738,7 +740,8 @@ fn new_page(heap: &Heap, class: usize) -> Option<*mut Page> {
         } else {
             SMALL_PAGE_SHIFT
         };
-        seg = segment::acquire(heap as *const Heap as *mut segment::Owner, shift)?.as_ptr();
+        let huge = !seg.is_null();
+        seg = segment::acquire(heap as *const Heap as *mut segment::Owner, shift, huge)?.as_ptr();
         seg_push_front(heap, kind, seg);
     }
     // SAFETY: `seg` is ours, of the right kind, and has a free page.
@@ -809,17 +812,32 @@ fn seg_unlink(heap: &Heap, kind: usize, seg: *mut Segment) {
 #[inline]
 fn maybe_purge(heap: &Heap) {
     let deadline = heap.purge_deadline.get();
-    if deadline != 0 && (heap.dirty_bytes.get() > PURGE_BOUND || os::now_ms() >= deadline) {
-        purge(heap);
+    if deadline == 0 {
+        return;
+    }
+    if heap.dirty_bytes.get() > PURGE_BOUND {
+        // Idle memory first; memory in reuse too only if that was not enough.
+        purge(heap, false);
+        if heap.dirty_bytes.get() > PURGE_BOUND / 2 {
+            purge(heap, true);
+        }
+    } else if os::now_ms() >= deadline {
+        purge(heap, false);
     }
 }
 
-/// Releases empty pages and segments and purges free medium blocks and cached large mappings.
+/// A purge pass: releases empty pages and segments, purges free medium blocks, and clears the
+/// large cache. With `all` false (a timed pass) it takes only pages that stayed `idle` (nothing
+/// taken) since the previous pass, and marks the others idle for the next: memory that a program
+/// empties and refills in a loop (a batch job that frees everything each round) stays resident
+/// instead of being faulted in again after every pass, while memory left alone is released one
+/// to two periods after it was freed. The passes go on while anything is dirty.
 ///
 /// Segment and page records are reached through raw pointers with short-lived references: page
 /// queues link page records of the same segment, so no reference to a whole segment may be held
 /// while `queue_remove` writes through those links.
-fn purge(heap: &Heap) {
+fn purge(heap: &Heap, all: bool) {
+    let mut left = 0;
     for kind in 0..2 {
         let mut seg = heap.segments[kind].get();
         while !seg.is_null() {
@@ -833,7 +851,11 @@ fn purge(heap: &Heap) {
                     if (*page).class == NO_CLASS {
                         continue;
                     }
-                    if (*page).used == 0 {
+                    let idle = all || (*page).idle;
+                    (*page).idle = true;
+                    if !idle {
+                        left += (*page).dirty_bytes();
+                    } else if (*page).used == 0 {
                         queue_remove(heap, &mut *page);
                         // No block of the page is live or in any bin or list (`used == 0`).
                         (*seg).release_page(idx);
@@ -853,8 +875,11 @@ fn purge(heap: &Heap) {
         }
     }
     heap.large.clear();
-    heap.dirty_bytes.set(0);
+    heap.dirty_bytes.set(left);
     heap.purge_deadline.set(0);
+    if left > 0 {
+        arm_purge(heap);
+    }
     // The arena purges on large allocations and frees; a thread that has stopped making them
     // brings the arena's next timed purge along on its own.
     if extent::maybe_purge() {
@@ -1001,7 +1026,7 @@ pub fn trim_current() {
             flush(heap, class, 0);
         }
         drain_remote(heap);
-        purge(heap);
+        purge(heap, true);
     }
     extent::purge_now();
 }
@@ -1196,6 +1221,123 @@ mod tests {
                     before,
                     "size {size}: blocks did not come back"
                 );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A timed purge pass releases an empty page only if nothing was taken from it since the
+    /// previous pass: pages a program empties and refills stay resident, idle ones go.
+    #[test]
+    fn timed_purges_release_idle_pages_and_keep_pages_in_reuse() {
+        std::thread::spawn(|| {
+            // SAFETY: a live heap from the registry, used only by this test from here on.
+            let heap = unsafe { &*adopt_heap(false).expect("a heap") };
+            let (size, class) = (24, size_class::class_of(24, 8).unwrap());
+            // A block of another class keeps the segment in use, so its records stay mapped.
+            let keep = alloc_small(heap, size_class::class_of(8, 8).unwrap(), 8);
+            let pages_of = |blocks: &[*mut u8]| {
+                // SAFETY: the blocks are live blocks of this heap's pages.
+                let mut v: Vec<*mut Page> = blocks
+                    .iter()
+                    .map(|&b| unsafe { segment::page_of(b) })
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let cycle = |n: usize| {
+                let blocks: Vec<*mut u8> = (0..n).map(|_| alloc_small(heap, class, size)).collect();
+                assert!(blocks.iter().all(|p| !p.is_null()));
+                let pages = pages_of(&blocks);
+                for &p in &blocks {
+                    // SAFETY: allocated above with this size; freed once.
+                    unsafe { free_small(heap, p.cast(), class, size) };
+                }
+                flush(heap, class, 0);
+                pages
+            };
+            // SAFETY: page records of a segment in use (held by `keep`) stay mapped.
+            let class_of_page = |p: *mut Page| unsafe { (*p).class };
+            let all = cycle(4 * (64 * 1024 / 24));
+            assert!(all.len() >= 3, "{} pages", all.len());
+            purge(heap, false);
+            assert!(
+                all.iter().all(|&p| class_of_page(p) == class as u8),
+                "released at once"
+            );
+            let reused = cycle(1);
+            assert_eq!(reused.len(), 1);
+            purge(heap, false);
+            for &p in &all {
+                let kept = class_of_page(p) == class as u8;
+                assert_eq!(kept, reused.contains(&p), "page {p:?}: kept {kept}");
+            }
+            // Left alone since, the reused page goes at the next pass.
+            purge(heap, false);
+            assert_eq!(class_of_page(reused[0]), NO_CLASS);
+            // SAFETY: allocated above with this size.
+            unsafe { free_small(heap, keep.cast(), size_class::class_of(8, 8).unwrap(), 8) };
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The `VmFlags` of the mapping holding `addr`, from `/proc/self/smaps`.
+    fn vm_flags(addr: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    /// A heap's first segment of small pages is kept off huge pages (a thread that allocates
+    /// little stays small); its later ones are advised onto them.
+    #[test]
+    fn only_a_heaps_later_small_segments_get_huge_pages() {
+        std::thread::spawn(|| {
+            // SAFETY: a live heap from the registry, used only by this test from here on.
+            let heap = unsafe { &*adopt_heap(false).expect("a heap") };
+            let (size, class) = (1024, size_class::class_of(1024, 8).unwrap());
+            // 6 MiB of blocks: more than one 4 MiB segment.
+            let blocks: Vec<*mut u8> = (0..6 * 1024)
+                .map(|_| alloc_small(heap, class, size))
+                .collect();
+            assert!(blocks.iter().all(|p| !p.is_null()));
+            let mut segs: Vec<usize> = blocks
+                .iter()
+                .map(|&b| segment::segment_of(b) as usize)
+                .collect();
+            segs.sort();
+            segs.dedup();
+            assert!(segs.len() >= 2, "{} segments", segs.len());
+            let flags: Vec<String> = segs.iter().filter_map(|&s| vm_flags(s)).collect();
+            let advised = |f: &String| f.contains(" hg") || f.contains(" nh");
+            if flags.len() != segs.len() || !flags.iter().all(advised) {
+                eprintln!("no THP advice visible on this kernel: {flags:?}");
+            } else {
+                let huge = flags.iter().filter(|f| f.contains(" hg")).count();
+                assert_eq!(huge, segs.len() - 1, "{flags:?}");
+            }
+            for &p in &blocks {
+                // SAFETY: allocated above with this size; freed once.
+                unsafe { free_small(heap, p.cast(), class, size) };
             }
         })
         .join()

@@ -103,6 +103,24 @@ pub unsafe fn purge(p: *mut u8, size: usize) -> bool {
     unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) == 0 }
 }
 
+/// Asks the kernel to back `[p, p + size)` with transparent huge pages (`MADV_HUGEPAGE`) or never
+/// to (`MADV_NOHUGEPAGE`), whatever the system default. Huge pages save a program that touches
+/// much memory most of its TLB misses and page faults, but a huge page is resident as a whole
+/// once any byte of it is touched. Purging part of one later splits it, so memory still goes back
+/// at OS-page granularity. Advisory only: a refusal (THP off) changes nothing.
+///
+/// # Safety
+/// The range is mapped by this module.
+pub unsafe fn advise_huge_pages(p: *mut u8, size: usize, huge: bool) {
+    let advice = if huge {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
+    // SAFETY: the caller promises the range is ours; the advice changes no contents.
+    let _ = unsafe { libc::madvise(p.cast(), size, advice) };
+}
+
 /// Purges the whole OS pages strictly inside `[start, end)`; partial pages at either end stay.
 ///
 /// # Safety

@@ -56,6 +56,7 @@ impl crate::remote::Link for Block {
 ///   `bump == capacity` (no lazy carving: the bitmap covers every block).
 /// - `empty_dirty` is set only on a small page, exactly while its emptiness is counted in its
 ///   heap's dirty bytes (`put_run` sets it, `take` and the page's release clear it).
+/// - `idle` is set only if no block was taken from the page since its heap's last purge pass.
 /// - `in_queue` is true iff the page is linked (`next`/`prev`) in its heap's queue for `class`,
 ///   and a page with a free block is always in the queue.
 #[repr(C)]
@@ -69,6 +70,9 @@ pub struct Page {
     pub in_queue: bool,
     /// A small page whose emptiness was counted in its heap's dirty bytes and not yet taken back.
     pub empty_dirty: bool,
+    /// Nothing was taken from the page since the last purge pass: its free memory is not in steady
+    /// reuse, and the next timed pass may release it.
+    pub idle: bool,
     pub free_mask: u64,
     pub purged_mask: u64,
     pub next: *mut Page,
@@ -98,6 +102,7 @@ impl Page {
     /// The page is in use and owned by the calling thread's heap; `dst` has room for `max` pointers.
     pub unsafe fn take(&mut self, dst: *mut *mut Block, max: u32) -> (u32, usize) {
         let mut redirtied = 0;
+        self.idle = false;
         if self.empty_dirty {
             self.empty_dirty = false;
             redirtied += 1 << SMALL_PAGE_SHIFT; // what `put_run` added when the page emptied
@@ -186,6 +191,18 @@ impl Page {
             self.bump = 0;
         }
         self.used == 0
+    }
+
+    /// Bytes of this page counted in its heap's dirty bytes: the whole page if it is small and
+    /// emptied, the free blocks not yet purged if it is medium.
+    pub fn dirty_bytes(&self) -> usize {
+        if self.is_medium() {
+            (self.free_mask & !self.purged_mask).count_ones() as usize * self.block_size as usize
+        } else if self.empty_dirty {
+            1 << SMALL_PAGE_SHIFT
+        } else {
+            0
+        }
     }
 
     /// Hands the whole OS pages inside free, not yet purged medium blocks back to the OS.
@@ -296,6 +313,7 @@ impl Segment {
             class: class as u8,
             in_queue: false,
             empty_dirty: false,
+            idle: false,
             free_mask: 0,
             purged_mask: 0,
             next: ptr::null_mut(),
@@ -355,7 +373,14 @@ pub(crate) fn unlock_after_fork() {
 
 /// Gets an empty segment for `heap` with pages of `1 << page_shift` bytes, or `None` if the OS
 /// refuses memory.
-pub fn acquire(heap: *mut Owner, page_shift: u32) -> Option<NonNull<Segment>> {
+///
+/// With `huge`, a segment of small pages is backed by transparent huge pages where the system
+/// allows it: its blocks are small and many, so a busy heap touches many OS pages, and mimalloc's
+/// 26 MiB of huge pages against our 4 KiB ones made its bulk workload 15-25% faster. The caller
+/// asks only for a heap's second and later segments, so that a thread that allocates little keeps
+/// a resident set of a few OS pages, not 2 MiB. Medium segments never get huge pages: their header
+/// page is 512 KiB, mostly untouched, and would be resident in full.
+pub fn acquire(heap: *mut Owner, page_shift: u32, huge: bool) -> Option<NonNull<Segment>> {
     let cached = {
         let mut cache = SEGMENT_CACHE.lock();
         if cache.len > 0 {
@@ -371,6 +396,14 @@ pub fn acquire(heap: *mut Owner, page_shift: u32) -> Option<NonNull<Segment>> {
         None => os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE)?
             .as_ptr()
             .cast::<Segment>(),
+    };
+    // SAFETY: the segment is mapped by `os` and nobody uses it.
+    unsafe {
+        os::advise_huge_pages(
+            seg.cast(),
+            SEGMENT_SIZE,
+            huge && page_shift == SMALL_PAGE_SHIFT,
+        )
     };
     let page_count = (SEGMENT_SIZE >> page_shift) as u32;
     // SAFETY: `seg` is a mapped, unowned segment; we write its header before anyone else sees it.
