@@ -433,10 +433,11 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
     maybe_purge(heap);
 }
 
-/// Fills the bin of `class` with up to half its limit. False if no memory could be had.
+/// Fills the bin of `class`: with the blocks other threads sent back if any are of its class, else
+/// with up to half its limit from its pages. False if no memory could be had.
 fn refill(heap: &Heap, class: usize) -> bool {
-    drain_remote(heap);
-    let filled = fill_bin(heap, class);
+    drain_remote(heap, true);
+    let filled = heap.bin_len(class) > 0 || fill_bin(heap, class);
     // After, not before: purging first could release the empty pages the bin is about to use.
     maybe_purge(heap);
     filled
@@ -626,8 +627,12 @@ impl<'a> GiveBack<'a> {
     }
 }
 
-/// Puts back blocks other threads freed into our pages.
-fn drain_remote(heap: &Heap) {
+/// Takes back the blocks other threads freed. With `to_bins`, each goes into its class's bin while
+/// the bin has room, where the next allocations reuse it without its page record being touched: a
+/// producer thread whose blocks a consumer frees gets them back for a pointer copy each, instead of
+/// linking them into their pages and taking them out again. The rest, and all of them without
+/// `to_bins` (a trim, which wants the pages emptied), go back into their pages.
+fn drain_remote(heap: &Heap, to_bins: bool) {
     if heap.remote.is_empty() {
         return;
     }
@@ -635,20 +640,46 @@ fn drain_remote(heap: &Heap) {
     let mut back = GiveBack::new(heap, 8);
     while !m.is_null() {
         // SAFETY: the Acquire swap makes the senders' writes visible; every message is a block of
-        // one of our pages, sealed by `GiveBack::seal`, and so are the blocks it carries. Its
-        // words are all read before the message itself is given back.
+        // one of our pages, sealed by `GiveBack::seal`, and so are the blocks it carries, all of
+        // the message's class (a flush is of one class). Its words are all read before the
+        // message itself is given back. Bin slots below `stop` are inside the bin (`stop <= high`).
         unsafe {
             let next = (*m).next;
+            let page = segment::page_of(m.cast());
+            let class = (*page).class as usize;
+            let capacity = carrier_capacity((*page).block_size as usize);
+            let mut top = heap.tops[class].get();
+            let stop = if to_bins {
+                heap.highs[class].get()
+            } else {
+                top
+            };
             let words = m.cast::<*mut Block>();
-            let capacity = carrier_capacity((*segment::page_of(m.cast())).block_size as usize);
-            for i in 1..=capacity {
+            let mut i = 1;
+            while i <= capacity && top < stop {
+                let b = *words.add(i);
+                if b.is_null() {
+                    break;
+                }
+                *top = b;
+                top = top.add(1);
+                i += 1;
+            }
+            while i <= capacity {
                 let b = *words.add(i);
                 if b.is_null() {
                     break;
                 }
                 back.local(b);
+                i += 1;
             }
-            back.local(m);
+            if top < stop {
+                *top = m;
+                top = top.add(1);
+            } else {
+                back.local(m);
+            }
+            heap.tops[class].set(top);
             m = next;
         }
     }
@@ -1021,11 +1052,11 @@ pub fn current_live() -> Option<&'static Heap> {
 /// Purges the calling thread's heap now (see `perfalloc::trim`).
 pub fn trim_current() {
     if let Some(heap) = current_live() {
-        drain_remote(heap);
+        drain_remote(heap, false);
         for class in 0..CLASSES {
             flush(heap, class, 0);
         }
-        drain_remote(heap);
+        drain_remote(heap, false);
         purge(heap, true);
     }
     extent::purge_now();
@@ -1192,8 +1223,9 @@ mod tests {
     }
 
     /// Blocks of a heap freed on another heap travel back as messages (a carrier block holding the
-    /// addresses of the others) and all land in their pages again: for 8-byte blocks, which cannot
-    /// carry, 16-byte ones, which carry one, larger ones and medium ones.
+    /// addresses of the others) and all come back: for 8-byte blocks, which cannot carry, 16-byte
+    /// ones, which carry one, larger ones and medium ones. A refill's drain puts them into the bin
+    /// until it is full and the rest into their pages; a trim's drain puts all into pages.
     #[test]
     fn blocks_freed_on_another_heap_come_back_to_their_pages() {
         std::thread::spawn(|| {
@@ -1202,25 +1234,34 @@ mod tests {
             // SAFETY: a live heap from the registry, used only by this test from here on.
             let there = unsafe { &*adopt_heap(false).expect("a heap") };
             for size in [8, 16, 24, 48, 512, 4096, 20_000] {
-                let class = size_class::class_of(size, 8).unwrap();
-                let before = held(there, class);
-                let n = 3 * bin_limit(class) + 7;
-                let blocks: Vec<*mut u8> =
-                    (0..n).map(|_| alloc_small(there, class, size)).collect();
-                assert!(blocks.iter().all(|p| !p.is_null()));
-                assert_eq!(held(there, class), before + n as i64, "size {size}");
-                for &p in &blocks {
-                    // SAFETY: allocated above with this size; freed once, on this thread's heap.
-                    unsafe { free_small(here, p.cast(), class, size) };
+                for to_bins in [false, true] {
+                    let class = size_class::class_of(size, 8).unwrap();
+                    let before = held(there, class);
+                    let n = 3 * bin_limit(class) + 7;
+                    let blocks: Vec<*mut u8> =
+                        (0..n).map(|_| alloc_small(there, class, size)).collect();
+                    assert!(blocks.iter().all(|p| !p.is_null()));
+                    assert_eq!(held(there, class), before + n as i64, "size {size}");
+                    for &p in &blocks {
+                        // SAFETY: allocated above with this size; freed once, on this thread's heap.
+                        unsafe { free_small(here, p.cast(), class, size) };
+                    }
+                    flush(here, class, 0);
+                    flush(there, class, 0);
+                    assert!(!there.remote.is_empty(), "size {size}: nothing was sent");
+                    drain_remote(there, to_bins);
+                    assert_eq!(
+                        held(there, class),
+                        before,
+                        "size {size}, to bins {to_bins}: blocks did not come back"
+                    );
+                    let in_bin = if to_bins { bin_limit(class) } else { 0 };
+                    assert_eq!(
+                        there.bin_len(class),
+                        in_bin,
+                        "size {size}, to bins {to_bins}"
+                    );
                 }
-                flush(here, class, 0);
-                assert!(!there.remote.is_empty(), "size {size}: nothing was sent");
-                drain_remote(there);
-                assert_eq!(
-                    held(there, class),
-                    before,
-                    "size {size}: blocks did not come back"
-                );
             }
         })
         .join()
