@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per alloc+free pair through GlobalAlloc, counted by callgrind (deterministic).
 # Runs each allocator at two iteration counts and divides the difference, which cancels start-up.
+# The last column subtracts the `noop` allocator's count: the loop and the two calls, not the
+# allocator's own work.
 # Usage: benches/callgrind.sh [size]   (default 64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,9 +13,14 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$size" "$2" 2>&1 |
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-printf '%-10s %s\n' allocator "instructions per $size-byte pair"
+per_pair() {
+  lo=$(count "$1" 100000)
+  hi=$(count "$1" 1100000)
+  echo "$lo $hi" | awk '{ printf "%.1f", ($2 - $1) / 1000000 }'
+}
+harness=$(per_pair noop)
+printf '%-10s %-28s %s\n' allocator "instructions per $size-byte pair" "without the harness ($harness)"
 for a in perfalloc mimalloc jemalloc system; do
-  lo=$(count "$a" 100000)
-  hi=$(count "$a" 1100000)
-  echo "$a $lo $hi" | awk '{ printf "%-10s %.1f\n", $1, ($3 - $2) / 1000000 }'
+  n=$(per_pair "$a")
+  printf '%-10s %-28s %s\n' "$a" "$n" "$(echo "$n $harness" | awk '{ printf "%.1f", $1 - $2 }')"
 done

@@ -1,9 +1,12 @@
 //! An alloc+free loop for counting instructions per pair with callgrind (see `benches/callgrind.sh`).
 //!
-//! `pair_loop <perfalloc|system|mimalloc|jemalloc> <size> <iterations>`: each allocator is called
-//! through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the global one.
+//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size> <iterations>`: each allocator is
+//! called through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the
+//! global one. `noop` hands out one static buffer and frees nothing: what it counts is the loop and
+//! the calls themselves, to subtract from the others.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 #[global_allocator]
 static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
@@ -11,6 +14,27 @@ static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
 static PERF: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
 static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The harness alone: an allocator of one block, whose alloc is one load and free one store (so
+/// that the compiler cannot drop the calls).
+struct Noop;
+static mut NOOP_BUF: [u8; 1 << 16] = [0; 1 << 16];
+static NOOP_FREE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+
+// SAFETY: every request gets the same static buffer, which is aligned enough for this example's
+// layouts (align 8) and large enough for its sizes; nothing reads or writes through it.
+unsafe impl GlobalAlloc for Noop {
+    unsafe fn alloc(&self, _: Layout) -> *mut u8 {
+        let p = NOOP_FREE.load(Relaxed);
+        if p.is_null() {
+            return core::ptr::addr_of_mut!(NOOP_BUF).cast();
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, _: Layout) {
+        NOOP_FREE.store(p, Relaxed);
+    }
+}
 
 #[inline(never)]
 fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u64) {
@@ -49,6 +73,7 @@ fn main() {
         "system" => pairs(&System, layout, n),
         "mimalloc" => pairs(&MI, layout, n),
         "jemalloc" => pairs(&JE, layout, n),
+        "noop" => pairs(&Noop, layout, n),
         other => panic!("unknown allocator {other}"),
     }
 }

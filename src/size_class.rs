@@ -181,6 +181,21 @@ mod tests {
     }
 
     #[test]
+    fn the_table_takes_exactly_small_sizes_with_small_alignments() {
+        for shift in 0..usize::BITS {
+            let align = 1usize << shift;
+            for size in (0..=TABLE_MAX + 2).chain([usize::MAX / 2, usize::MAX]) {
+                let expected = size <= TABLE_MAX && align <= FAST_ALIGN;
+                assert_eq!(
+                    is_table_size(size, align),
+                    expected,
+                    "size {size} align {align}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn aligned_classes_are_aligned() {
         let mut align = 1;
         while align <= MAX_SMALL_SIZE {
