@@ -106,19 +106,20 @@ pub unsafe fn purge(p: *mut u8, size: usize) -> bool {
 /// Asks the kernel to back `[p, p + size)` with transparent huge pages (`MADV_HUGEPAGE`) or never
 /// to (`MADV_NOHUGEPAGE`), whatever the system default. Huge pages save a program that touches
 /// much memory most of its TLB misses and page faults, but a huge page is resident as a whole
-/// once any byte of it is touched. Purging part of one later splits it, so memory still goes back
-/// at OS-page granularity. Advisory only: a refusal (THP off) changes nothing.
+/// once any byte of it is touched. Purging part of one splits its mapping, so the resident set
+/// still falls by OS pages (the kernel frees the split page's memory lazily). Advisory only:
+/// returns whether the kernel took the advice (it refuses where THP is not built in).
 ///
 /// # Safety
 /// The range is mapped by this module.
-pub unsafe fn advise_huge_pages(p: *mut u8, size: usize, huge: bool) {
+pub unsafe fn advise_huge_pages(p: *mut u8, size: usize, huge: bool) -> bool {
     let advice = if huge {
         libc::MADV_HUGEPAGE
     } else {
         libc::MADV_NOHUGEPAGE
     };
     // SAFETY: the caller promises the range is ours; the advice changes no contents.
-    let _ = unsafe { libc::madvise(p.cast(), size, advice) };
+    unsafe { libc::madvise(p.cast(), size, advice) == 0 }
 }
 
 /// Purges the whole OS pages strictly inside `[start, end)`; partial pages at either end stay.
