@@ -39,10 +39,10 @@
 //!
 //! # Returning memory
 //! Emptied pages and free medium blocks are counted as dirty. Every `PURGE_DELAY_MS` while anything
-//! is dirty, the next slow path walks the heap's segments, releases the empty pages (and segments)
-//! that nothing was taken from since the previous walk, and purges the OS pages inside free medium
-//! blocks of such pages; pages in reuse stay resident. Once more than `PURGE_BOUND` bytes are
-//! dirty, it does so at once, and releases pages in reuse too if the idle ones were not enough.
+//! is dirty, the next slow path walks the heap's segments (`purge`): it releases the empty pages
+//! (and segments) that nothing was taken from since the previous walk, and purges the OS pages
+//! inside medium blocks that stayed free since then; memory in reuse stays resident. Once more than
+//! `PURGE_BOUND` bytes are dirty, it walks at once, and takes memory in reuse too if that is needed.
 
 use crate::counters::{Counter, ThreadCounters, Totals};
 use crate::extent;
@@ -656,30 +656,23 @@ fn drain_remote(heap: &Heap, to_bins: bool) {
                 top
             };
             let words = m.cast::<*mut Block>();
-            let mut i = 1;
-            while i <= capacity && top < stop {
+            let mut put = |b: *mut Block| {
+                if top < stop {
+                    *top = b;
+                    top = top.add(1);
+                } else {
+                    back.local(b);
+                }
+            };
+            // Words 1..=capacity; an exclusive range compiles to a tighter loop than `1..=capacity`.
+            for i in 1..capacity + 1 {
                 let b = *words.add(i);
                 if b.is_null() {
                     break;
                 }
-                *top = b;
-                top = top.add(1);
-                i += 1;
+                put(b);
             }
-            while i <= capacity {
-                let b = *words.add(i);
-                if b.is_null() {
-                    break;
-                }
-                back.local(b);
-                i += 1;
-            }
-            if top < stop {
-                *top = m;
-                top = top.add(1);
-            } else {
-                back.local(m);
-            }
+            put(m);
             heap.tops[class].set(top);
             m = next;
         }
@@ -1232,7 +1225,9 @@ mod tests {
         used - heap.bin_len(class) as i64
     }
 
-    /// A new heap (never an orphan, which may hold segments of its own), for a test to own.
+    /// A new heap (never an orphan, which may hold segments of its own), for a test to own. It is
+    /// no thread's heap, so a test drives it on its own thread through `alloc_small`, `free_small`,
+    /// `flush` and `purge` without spawning one.
     fn fresh_heap() -> &'static Heap {
         let heap = new_heap(&mut REGISTRY.lock()).expect("a heap");
         // SAFETY: heaps live forever; this one is registered but on no list a thread adopts from,
@@ -1290,112 +1285,104 @@ mod tests {
     /// previous pass: pages a program empties and refills stay resident, idle ones go.
     #[test]
     fn timed_purges_release_idle_pages_and_keep_pages_in_reuse() {
-        std::thread::spawn(|| {
-            let heap = fresh_heap();
-            let (size, class) = (24, size_class::class_of(24, 8).unwrap());
-            // A block of another class keeps the segment in use, so its records stay mapped.
-            let keep = alloc_small(heap, size_class::class_of(8, 8).unwrap(), 8);
-            let pages_of = |blocks: &[*mut u8]| {
-                // SAFETY: the blocks are live blocks of this heap's pages.
-                let mut v: Vec<*mut Page> = blocks
-                    .iter()
-                    .map(|&b| unsafe { segment::page_of(b) })
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            };
-            let cycle = |n: usize| {
-                let blocks: Vec<*mut u8> = (0..n).map(|_| alloc_small(heap, class, size)).collect();
-                assert!(blocks.iter().all(|p| !p.is_null()));
-                let pages = pages_of(&blocks);
-                for &p in &blocks {
-                    // SAFETY: allocated above with this size; freed once.
-                    unsafe { free_small(heap, p.cast(), class, size) };
-                }
-                flush(heap, class, 0);
-                pages
-            };
-            // SAFETY: page records of a segment in use (held by `keep`) stay mapped.
-            let class_of_page = |p: *mut Page| unsafe { (*p).class };
-            let all = cycle(4 * (64 * 1024 / 24));
-            assert!(all.len() >= 3, "{} pages", all.len());
-            purge(heap, false);
-            assert!(
-                all.iter().all(|&p| class_of_page(p) == class as u8),
-                "released at once"
-            );
-            // The kept pages stay counted as dirty, and a next pass is due.
-            assert_eq!(heap.dirty_bytes.get(), all.len() << SMALL_PAGE_SHIFT);
-            assert_ne!(heap.purge_deadline.get(), 0);
-            let reused = cycle(1);
-            assert_eq!(reused.len(), 1);
-            purge(heap, false);
-            for &p in &all {
-                let kept = class_of_page(p) == class as u8;
-                assert_eq!(kept, reused.contains(&p), "page {p:?}: kept {kept}");
+        let heap = fresh_heap();
+        let (size, class) = (24, size_class::class_of(24, 8).unwrap());
+        // A block of another class keeps the segment in use, so its records stay mapped.
+        let keep = alloc_small(heap, size_class::class_of(8, 8).unwrap(), 8);
+        let pages_of = |blocks: &[*mut u8]| {
+            // SAFETY: the blocks are live blocks of this heap's pages.
+            let mut v: Vec<*mut Page> = blocks
+                .iter()
+                .map(|&b| unsafe { segment::page_of(b) })
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let cycle = |n: usize| {
+            let blocks: Vec<*mut u8> = (0..n).map(|_| alloc_small(heap, class, size)).collect();
+            assert!(blocks.iter().all(|p| !p.is_null()));
+            let pages = pages_of(&blocks);
+            for &p in &blocks {
+                // SAFETY: allocated above with this size; freed once.
+                unsafe { free_small(heap, p.cast(), class, size) };
             }
-            assert_eq!(heap.dirty_bytes.get(), 1 << SMALL_PAGE_SHIFT);
-            // Left alone since, the reused page goes at the next pass, and nothing is left to do.
-            purge(heap, false);
-            assert_eq!(class_of_page(reused[0]), NO_CLASS);
-            assert_eq!(heap.dirty_bytes.get(), 0);
-            assert_eq!(heap.purge_deadline.get(), 0);
-            // SAFETY: allocated above with this size.
-            unsafe { free_small(heap, keep.cast(), size_class::class_of(8, 8).unwrap(), 8) };
-        })
-        .join()
-        .unwrap();
+            flush(heap, class, 0);
+            pages
+        };
+        // SAFETY: page records of a segment in use (held by `keep`) stay mapped.
+        let class_of_page = |p: *mut Page| unsafe { (*p).class };
+        let all = cycle(4 * (64 * 1024 / 24));
+        assert!(all.len() >= 3, "{} pages", all.len());
+        purge(heap, false);
+        assert!(
+            all.iter().all(|&p| class_of_page(p) == class as u8),
+            "released at once"
+        );
+        // The kept pages stay counted as dirty, and a next pass is due.
+        assert_eq!(heap.dirty_bytes.get(), all.len() << SMALL_PAGE_SHIFT);
+        assert_ne!(heap.purge_deadline.get(), 0);
+        let reused = cycle(1);
+        assert_eq!(reused.len(), 1);
+        purge(heap, false);
+        for &p in &all {
+            let kept = class_of_page(p) == class as u8;
+            assert_eq!(kept, reused.contains(&p), "page {p:?}: kept {kept}");
+        }
+        assert_eq!(heap.dirty_bytes.get(), 1 << SMALL_PAGE_SHIFT);
+        // Left alone since, the reused page goes at the next pass, and nothing is left to do.
+        purge(heap, false);
+        assert_eq!(class_of_page(reused[0]), NO_CLASS);
+        assert_eq!(heap.dirty_bytes.get(), 0);
+        assert_eq!(heap.purge_deadline.get(), 0);
+        // SAFETY: allocated above with this size.
+        unsafe { free_small(heap, keep.cast(), size_class::class_of(8, 8).unwrap(), 8) };
     }
 
     /// A timed pass purges the free blocks of a medium page in use only once they have stayed
     /// free for a whole period: blocks freed since the previous pass wait for the next.
     #[test]
     fn timed_purges_purge_medium_blocks_free_for_a_whole_period() {
-        std::thread::spawn(|| {
-            let heap = fresh_heap();
-            let size = 20_000;
-            let class = size_class::class_of(size, 8).unwrap();
-            let bs = size_class::block_size(class);
-            let cycle = |n: usize| {
-                let blocks: Vec<*mut u8> = (0..n).map(|_| alloc_small(heap, class, size)).collect();
-                assert!(blocks.iter().all(|p| !p.is_null()));
-                for &p in &blocks {
-                    // SAFETY: allocated above with this size; freed once.
-                    unsafe { free_small(heap, p.cast(), class, size) };
-                }
-                flush(heap, class, 0);
-            };
-            // One live block keeps the page in use, so it is never released whole.
-            let keep = alloc_small(heap, class, size);
-            cycle(7);
-            let freed = heap.dirty_bytes.get();
-            assert!(freed >= 7 * bs, "{freed} dirty bytes");
-            purge(heap, false);
-            assert_eq!(
-                heap.dirty_bytes.get(),
-                freed,
-                "purged blocks freed just now"
-            );
-            purge(heap, false);
-            assert_eq!(
-                heap.dirty_bytes.get(),
-                0,
-                "kept blocks free for a whole period"
-            );
-            // Reused and freed again: dirty once more, and purged only at the second pass.
-            cycle(1);
-            let again = heap.dirty_bytes.get();
-            assert!(again > 0);
-            purge(heap, false);
-            assert_eq!(heap.dirty_bytes.get(), again);
-            purge(heap, false);
-            assert_eq!(heap.dirty_bytes.get(), 0);
-            // SAFETY: allocated above with this size.
-            unsafe { free_small(heap, keep.cast(), class, size) };
-        })
-        .join()
-        .unwrap();
+        let heap = fresh_heap();
+        let size = 20_000;
+        let class = size_class::class_of(size, 8).unwrap();
+        let bs = size_class::block_size(class);
+        let cycle = |n: usize| {
+            let blocks: Vec<*mut u8> = (0..n).map(|_| alloc_small(heap, class, size)).collect();
+            assert!(blocks.iter().all(|p| !p.is_null()));
+            for &p in &blocks {
+                // SAFETY: allocated above with this size; freed once.
+                unsafe { free_small(heap, p.cast(), class, size) };
+            }
+            flush(heap, class, 0);
+        };
+        // One live block keeps the page in use, so it is never released whole.
+        let keep = alloc_small(heap, class, size);
+        cycle(7);
+        let freed = heap.dirty_bytes.get();
+        assert!(freed >= 7 * bs, "{freed} dirty bytes");
+        purge(heap, false);
+        assert_eq!(
+            heap.dirty_bytes.get(),
+            freed,
+            "purged blocks freed just now"
+        );
+        purge(heap, false);
+        assert_eq!(
+            heap.dirty_bytes.get(),
+            0,
+            "kept blocks free for a whole period"
+        );
+        // Reused and freed again: dirty once more, and purged only at the second pass.
+        cycle(1);
+        let again = heap.dirty_bytes.get();
+        assert!(again > 0);
+        purge(heap, false);
+        assert_eq!(heap.dirty_bytes.get(), again);
+        purge(heap, false);
+        assert_eq!(heap.dirty_bytes.get(), 0);
+        // SAFETY: allocated above with this size.
+        unsafe { free_small(heap, keep.cast(), class, size) };
     }
 
     /// The `VmFlags` of the mapping holding `addr`, from `/proc/self/smaps`.
@@ -1435,35 +1422,31 @@ mod tests {
             eprintln!("this kernel has no transparent huge pages: nothing to check");
             return;
         }
-        std::thread::spawn(|| {
-            let heap = fresh_heap();
-            let (size, class) = (1024, size_class::class_of(1024, 8).unwrap());
-            // 6 MiB of blocks: more than one 4 MiB segment.
-            let blocks: Vec<*mut u8> = (0..6 * 1024)
-                .map(|_| alloc_small(heap, class, size))
-                .collect();
-            assert!(blocks.iter().all(|p| !p.is_null()));
-            let mut segs: Vec<usize> = blocks
-                .iter()
-                .map(|&b| segment::segment_of(b) as usize)
-                .collect();
-            segs.sort();
-            segs.dedup();
-            assert!(segs.len() >= 2, "{} segments", segs.len());
-            let flags: Vec<String> = segs
-                .iter()
-                .map(|&s| vm_flags(s).expect("a mapping"))
-                .collect();
-            let huge = flags.iter().filter(|f| f.contains(" hg")).count();
-            let off = flags.iter().filter(|f| f.contains(" nh")).count();
-            assert_eq!((huge, off), (segs.len() - 1, 1), "{flags:?}");
-            for &p in &blocks {
-                // SAFETY: allocated above with this size; freed once.
-                unsafe { free_small(heap, p.cast(), class, size) };
-            }
-        })
-        .join()
-        .unwrap();
+        let heap = fresh_heap();
+        let (size, class) = (1024, size_class::class_of(1024, 8).unwrap());
+        // 6 MiB of blocks: more than one 4 MiB segment.
+        let blocks: Vec<*mut u8> = (0..6 * 1024)
+            .map(|_| alloc_small(heap, class, size))
+            .collect();
+        assert!(blocks.iter().all(|p| !p.is_null()));
+        let mut segs: Vec<usize> = blocks
+            .iter()
+            .map(|&b| segment::segment_of(b) as usize)
+            .collect();
+        segs.sort();
+        segs.dedup();
+        assert!(segs.len() >= 2, "{} segments", segs.len());
+        let flags: Vec<String> = segs
+            .iter()
+            .map(|&s| vm_flags(s).expect("a mapping"))
+            .collect();
+        let huge = flags.iter().filter(|f| f.contains(" hg")).count();
+        let off = flags.iter().filter(|f| f.contains(" nh")).count();
+        assert_eq!((huge, off), (segs.len() - 1, 1), "{flags:?}");
+        for &p in &blocks {
+            // SAFETY: allocated above with this size; freed once.
+            unsafe { free_small(heap, p.cast(), class, size) };
+        }
     }
 
     /// Emptying a page adds its size to the dirty bytes and reusing it takes the same amount off,

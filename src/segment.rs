@@ -382,8 +382,8 @@ pub(crate) fn unlock_after_fork() {
 ///
 /// With `huge`, a segment of small pages is backed by transparent huge pages where the system
 /// allows it: its blocks are small and many, so a busy heap touches many OS pages. (mimalloc
-/// advises its arena so, and had 26 MiB of huge pages in our bulk workload where we had none;
-/// advising ours took that loop from 2.68 to 2.28 ms LIFO and 3.04 to 2.39 ms FIFO.) The caller
+/// advises its arena so, and had 26 MiB of huge pages in our bulk workload where we had none; the
+/// README gives what the advice did to that workload.) The caller
 /// asks only for a heap's second and later segments, so that a thread that allocates little keeps
 /// a resident set of a few OS pages, not 2 MiB. Medium segments never get huge pages: their header
 /// page is 512 KiB, mostly untouched, and would be resident in full.
