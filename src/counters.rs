@@ -4,26 +4,36 @@
 //! read-modify-write), and any thread may read it; readers sum heaps to get process figures. The
 //! public API over these numbers is in `stats`.
 //!
-//! **Net bytes and peaks.** `net()` is bytes allocated minus bytes freed by the owning thread. The
-//! fast path keeps two owner-only *rooms* instead of comparing `net` with marks: `alloc_room` is how
-//! far `net` may rise before the next mark, `free_room` how far it may fall; an allocation takes
-//! from one and gives to the other, and a room going negative sends the operation to the slow
-//! path. That is a subtract, a sign test and two adds per operation. The
-//! thread's own peak is exact: `alloc_room` never exceeds `peak - net` (outside a climb, below),
-//! and the cold path moves `peak`. A thread that sets two new peaks with no free between is
-//! *climbing*: its allocations then check only the publishing mark, its next free takes the slow
-//! path and records the peak (the net just before it, since the climb only rose), and
-//! `thread_peak()` reads `max(peak, net)` meanwhile. The process-wide live total `LIVE` is the sum of what threads have
-//! *published*: a thread publishes when its `net` has moved by more than `PUBLISH_THRESHOLD` since
-//! its last publication (the same rooms), so the fast path touches no
-//! shared cache line. Hence at any moment `|LIVE - true live| <= threads * PUBLISH_THRESHOLD`, and
-//! the process peak `PEAK` (the maximum `LIVE` ever took) is within the same bound of the true peak;
-//! the memory limit is checked against `LIVE` (`admits`) only for a request that would publish,
-//! with the same slack.
+//! **Net bytes and peaks.** `net()` is bytes allocated minus bytes freed by the owning thread. It
+//! is kept as `lo + room`: `lo` is a mark set by the slow path, and `room` is the one word the fast
+//! paths write. An allocation adds its size to `room` and takes the slow path if that would pass
+//! `span` (the upper mark, `hi`, minus `lo`); a free subtracts its size and takes the slow path if
+//! `room` goes negative (below `lo`). Bytes freed are not counted separately: they are
+//! `allocated - net()`. So an allocation costs a load, an add, a compare with `span`, a store and
+//! the add to `allocated`; a free, a subtract in memory and a sign test.
+//!
+//! The thread's own peak is exact: `hi` never exceeds `peak` (outside a climb, below), and the
+//! cold path moves `peak`. A thread that sets two new peaks with no free between is *climbing*:
+//! its allocations then check only the publishing mark, `room` is pushed far below zero so that
+//! its next free takes the slow path and records the peak (the net just before it, since the
+//! climb only rose), and `thread_peak()` reads `max(peak, net)` meanwhile. The process-wide live
+//! total `LIVE` is the sum of what threads have *published*: a thread publishes when its `net` has
+//! moved by more than `PUBLISH_THRESHOLD` since its last publication (the same marks), so the fast
+//! path touches no shared cache line. Hence at any moment `|LIVE - true live| <= threads *
+//! PUBLISH_THRESHOLD`, and the process peak `PEAK` (the maximum `LIVE` ever took) is within the
+//! same bound of the true peak; the memory limit is checked against `LIVE` (`admits`) only for a
+//! request that would publish, with the same slack.
+//!
+//! **Readers.** The slow path rewrites `allocated`, `lo` and `room` together inside a sequence lock
+//! (`epoch`), so another thread never pairs an old `lo` with a new `room`. The fast paths write
+//! single words without it: a reader racing one sees that operation either counted in `net` or
+//! not, as with any counter read while it moves.
 
 use crate::size_class::CLASSES;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    fence, AtomicI64, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use crossbeam_utils::CachePadded;
 
 /// A thread publishes its net change to `LIVE` once it exceeds this many bytes either way.
@@ -54,21 +64,26 @@ impl Counter {
 
 /// Counters of one heap. All byte figures are requested sizes (what the program asked for).
 ///
-/// Invariants (owner's view), when not `climbing`: `net() <= peak`; after each slow path,
-/// `alloc_room == min(peak, published + PUBLISH_THRESHOLD) - net()` and `free_room == net() -
-/// (published - PUBLISH_THRESHOLD)`, and the fast paths keep both equalities. A fast path that
-/// drives a room below zero (crossing a mark) sends its operation to the slow path, which accounts
-/// it from `allocated` and `freed` alone and recomputes both rooms; a room left below zero by an
-/// allocation that then failed only sends the next operation there too.
-///
-/// While `climbing`: `net()` may pass `peak` (the true peak is `max(peak, net())`, as `net` only
-/// rose since the climb began); `alloc_room == published + PUBLISH_THRESHOLD - net()` and
-/// `free_room < 0`, so every free takes the slow path, which ends the climb.
+/// Invariants (owner's view): `net() == lo + room`, and `freed() == allocated - net()`. When not
+/// `climbing`, after each slow path `lo == published - PUBLISH_THRESHOLD` and `lo + span ==
+/// min(peak, published + PUBLISH_THRESHOLD)`, so `0 <= room <= span` means `net()` lies between
+/// the marks and `net() <= peak`; the fast paths keep it there or leave for the slow path, which
+/// accounts the operation and recomputes the marks. While `climbing`: `net()` may pass `peak` (the
+/// true peak is `max(peak, net())`, as `net` only rose since the climb began); `lo + span ==
+/// published + PUBLISH_THRESHOLD` and `room < 0`, so every free takes the slow path, which ends
+/// the climb. `epoch` is odd exactly while the owner rewrites `allocated`, `lo` and `room` in a slow
+/// path.
 pub struct ThreadCounters {
     /// Bytes allocated by this thread (reallocations count their new size).
     pub allocated: Counter,
-    /// Bytes freed by this thread (reallocations count their old size).
-    pub freed: Counter,
+    /// `net() - lo`. Written by the owner (load + store), read by any thread.
+    room: AtomicI64,
+    /// The lower mark (see `room`). Changed only in a slow path, inside the sequence lock.
+    lo: AtomicI64,
+    /// How far `room` may rise before an allocation must take the slow path. Owner-only.
+    span: Cell<i64>,
+    /// Sequence lock over `allocated`, `lo` and `room` (see the struct docs).
+    epoch: AtomicU64,
     /// High-water mark of `net` since the heap was adopted or `reset_thread_peak`, except while
     /// `climbing`: then the mark is `max(peak, net())` (see `thread_peak`). Owner-only.
     peak: AtomicI64,
@@ -83,20 +98,13 @@ pub struct ThreadCounters {
     pub large_active: AtomicI64,
     /// Requested bytes of live large blocks allocated minus freed by this thread.
     pub large_live: AtomicI64,
-    /// `hi_mark - net()`: bytes this thread may allocate before its slow path must run, where
-    /// `hi_mark = min(peak, published + PUBLISH_THRESHOLD)` (`published + PUBLISH_THRESHOLD` while
-    /// climbing). Owner-only.
-    alloc_room: Cell<i64>,
-    /// `net() - lo_mark`, with `lo_mark = published - PUBLISH_THRESHOLD` (negative while
-    /// climbing). Owner-only.
-    free_room: Cell<i64>,
     published: Cell<i64>,
     /// The thread has been allocating without freeing since its last new peak: allocations no
     /// longer check the peak (each would be one) and the first free, which ends the climb, goes
     /// to the slow path to record it. A producer thread thus takes one slow path per
     /// `PUBLISH_THRESHOLD` bytes instead of one per allocation.
     climbing: Cell<bool>,
-    /// `freed` when the last new peak was set: unchanged at the next one means no free between.
+    /// `freed()` when the last new peak was set: unchanged at the next one means no free between.
     freed_at_peak: Cell<u64>,
 }
 
@@ -145,8 +153,9 @@ impl Totals {
         c: &ThreadCounters,
         classes: impl Iterator<Item = (&'a Counter, &'a Counter)>,
     ) {
-        self.net += c.net();
-        self.freed += c.freed.get();
+        let (allocated, net) = c.read();
+        self.net += net;
+        self.freed += allocated.wrapping_sub(net as u64);
         self.reallocs += c.reallocs.get();
         self.realloc_allocs += c.realloc_allocs.get();
         self.realloc_frees += c.realloc_frees.get();
@@ -194,7 +203,11 @@ impl ThreadCounters {
     pub const fn new() -> Self {
         ThreadCounters {
             allocated: Counter::new(),
-            freed: Counter::new(),
+            // The marks of a fresh heap: net 0, published 0, peak 0 (`settle` with all zero).
+            room: AtomicI64::new(PUBLISH_THRESHOLD),
+            lo: AtomicI64::new(-PUBLISH_THRESHOLD),
+            span: Cell::new(PUBLISH_THRESHOLD),
+            epoch: AtomicU64::new(0),
             peak: AtomicI64::new(0),
             reallocs: Counter::new(),
             realloc_allocs: Counter::new(),
@@ -203,39 +216,74 @@ impl ThreadCounters {
             large_frees: Counter::new(),
             large_active: AtomicI64::new(0),
             large_live: AtomicI64::new(0),
-            alloc_room: Cell::new(0),
-            free_room: Cell::new(PUBLISH_THRESHOLD),
             published: Cell::new(0),
             climbing: Cell::new(false),
             freed_at_peak: Cell::new(u64::MAX),
         }
     }
 
-    /// Bytes allocated minus bytes freed by this thread.
+    /// Bytes allocated minus bytes freed by this thread (the owner's view).
     #[inline(always)]
     pub fn net(&self) -> i64 {
-        self.allocated.get().wrapping_sub(self.freed.get()) as i64
+        self.lo.load(Relaxed) + self.room.load(Relaxed)
+    }
+
+    /// Bytes freed by this thread (the owner's view).
+    fn freed(&self) -> u64 {
+        self.allocated.get().wrapping_sub(self.net() as u64)
+    }
+
+    /// `(allocated, net)` as any thread may read them: retried while the owner is inside a slow
+    /// path's update, so that `lo` and `room` come from the same one.
+    pub fn read(&self) -> (u64, i64) {
+        let mut spins = 0u32;
+        loop {
+            let e = self.epoch.load(Acquire);
+            if e & 1 == 0 {
+                let allocated = self.allocated.get();
+                let net = self.lo.load(Relaxed) + self.room.load(Relaxed);
+                fence(Acquire);
+                if self.epoch.load(Relaxed) == e {
+                    return (allocated, net);
+                }
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                // The owner was preempted inside its update: let it run.
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// In a child after `fork`: closes an update its owner, a thread that does not exist in the
+    /// child, was making, so that readers do not wait for it. Its figures may be off by that one
+    /// update.
+    pub fn after_fork(&self) {
+        let e = self.epoch.load(Relaxed);
+        if e & 1 == 1 {
+            self.epoch.store(e.wrapping_add(1), Release);
+        }
     }
 
     /// Fast path of an allocation of `size` bytes: true if it was accounted without crossing a
-    /// mark; false if the caller must go to its slow path, which accounts it from `allocated` and
-    /// `freed` and recomputes both rooms. The room is stored before it is tested, so that the
-    /// compiler can subtract in memory and branch on the flags (two instructions).
+    /// mark; false (nothing changed) if the caller must go to its slow path.
     #[inline(always)]
     pub fn try_alloc_fast(&self, size: usize) -> bool {
         if cfg!(feature = "stats") {
-            let room = self.alloc_room.get() - size as i64;
-            self.alloc_room.set(room);
-            if room < 0 {
+            let room = self.room.load(Relaxed) + size as i64;
+            if room > self.span.get() {
                 return false;
             }
-            self.free_room.set(self.free_room.get() + size as i64);
+            self.room.store(room, Relaxed);
             self.allocated.add(size as u64);
         }
         true
     }
 
-    /// An allocation that crossed `alloc_room`. If it has nothing to publish (usually it only
+    /// An allocation that crossed the upper mark. If it has nothing to publish (usually it only
     /// sets a new thread peak), account it here: a thread whose memory keeps growing (a producer)
     /// sets a new peak with almost every allocation, and the full slow path for each would cost it
     /// dearly. False (nothing changed) if the caller must take the slow path to publish. Called
@@ -250,18 +298,17 @@ impl ThreadCounters {
         if net - self.published.get() > PUBLISH_THRESHOLD {
             return false;
         }
-        // Compared, not assumed: a room left low by a failed allocation is crossed below the peak.
+        // Compared, not assumed: the mark may also be the publishing one.
         if net > self.peak.load(Relaxed) {
             self.peak.store(net, Relaxed);
         }
-        self.allocated.add(size as u64);
         // A second new peak with no free since the first: the thread is climbing.
-        let freed = self.freed.get();
+        let freed = self.freed();
         if freed == self.freed_at_peak.get() {
             self.climbing.set(true);
         }
         self.freed_at_peak.set(freed);
-        self.refresh_marks();
+        self.settle(self.allocated.get().wrapping_add(size as u64), net);
         true
     }
 
@@ -269,13 +316,11 @@ impl ThreadCounters {
     #[inline(always)]
     pub fn try_free_fast(&self, size: usize) -> bool {
         if cfg!(feature = "stats") {
-            let room = self.free_room.get() - size as i64;
-            self.free_room.set(room);
-            if room < 0 {
+            let room = self.room.load(Relaxed);
+            if room < size as i64 {
                 return false;
             }
-            self.alloc_room.set(self.alloc_room.get() + size as i64);
-            self.freed.add(size as u64);
+            self.room.store(room - size as i64, Relaxed);
         }
         true
     }
@@ -330,28 +375,38 @@ impl ThreadCounters {
             PEAK.fetch_max(live, Relaxed);
             self.published.set(net);
         }
-        self.allocated.add(allocated);
-        self.freed.add(freed);
         if net > self.peak.load(Relaxed) {
             self.peak.store(net, Relaxed);
         }
-        self.refresh_marks();
+        self.settle(self.allocated.get().wrapping_add(allocated), net);
     }
 
-    fn refresh_marks(&self) {
-        let published = self.published.get();
-        let net = self.net();
-        let publish_mark = published + PUBLISH_THRESHOLD;
-        if self.climbing.get() {
-            self.alloc_room.set(publish_mark - net);
-            // Below any value the allocations before the next slow path can raise it to (they add
-            // at most `alloc_room <= 2 * PUBLISH_THRESHOLD`): the first free fails its test.
-            self.free_room.set(-4 * PUBLISH_THRESHOLD);
+    /// Stores `allocated` and `net` (as `lo` and `room`) under the sequence lock, with marks for the
+    /// current `published`, `peak` and `climbing`.
+    fn settle(&self, allocated: u64, net: i64) {
+        let publish_mark = self.published.get() + PUBLISH_THRESHOLD;
+        let (lo, hi) = if self.climbing.get() {
+            // `room` starts at -4 thresholds, below any value the allocations before the next slow
+            // path can raise it to (they add at most `2 * PUBLISH_THRESHOLD`, from the lower
+            // publishing mark to the upper): the first free fails its test.
+            (net + 4 * PUBLISH_THRESHOLD, publish_mark)
         } else {
-            let hi_mark = self.peak.load(Relaxed).min(publish_mark);
-            self.alloc_room.set(hi_mark - net);
-            self.free_room.set(net - (published - PUBLISH_THRESHOLD));
-        }
+            let lo = self.published.get() - PUBLISH_THRESHOLD;
+            (lo, self.peak.load(Relaxed).min(publish_mark))
+        };
+        let e = self.epoch.load(Relaxed);
+        self.epoch.store(e.wrapping_add(1), Relaxed);
+        fence(Release);
+        self.allocated.set(allocated);
+        self.lo.store(lo, Relaxed);
+        self.room.store(net - lo, Relaxed);
+        self.epoch.store(e.wrapping_add(2), Release);
+        self.span.set(hi - lo);
+    }
+
+    /// Recomputes the marks after `peak`, `published` or `climbing` changed.
+    fn refresh_marks(&self) {
+        self.settle(self.allocated.get(), self.net());
     }
 
     /// Ends a climb, if one is on, by recording its peak (the current net: it only rose).
@@ -410,8 +465,6 @@ impl ThreadCounters {
             f.set(0);
         }
         let counters = [
-            &self.allocated,
-            &self.freed,
             &self.reallocs,
             &self.realloc_allocs,
             &self.realloc_frees,
@@ -427,7 +480,7 @@ impl ThreadCounters {
         self.published.set(0);
         self.climbing.set(false);
         self.freed_at_peak.set(u64::MAX);
-        self.refresh_marks();
+        self.settle(0, 0);
     }
 
     /// Adds `v` to one of the owner-written signed gauges.

@@ -1153,11 +1153,12 @@ fn ensure_key() -> bool {
                         let ok =
                             libc::pthread_key_create(ptr::addr_of_mut!(KEY), Some(on_thread_exit))
                                 == 0;
-                        // Parent and child both just release what `fork_prepare` took.
+                        // Parent and child release what `fork_prepare` took; the child also closes
+                        // counter updates that threads it lacks were making.
                         libc::pthread_atfork(
                             Some(fork_prepare),
                             Some(fork_parent),
-                            Some(fork_parent),
+                            Some(fork_child),
                         );
                         ok
                     };
@@ -1189,6 +1190,18 @@ extern "C" fn fork_prepare() {
     extent::lock_for_fork();
 }
 
+extern "C" fn fork_child() {
+    fork_parent();
+    // A thread that was inside a counters update at the fork does not exist here to finish it.
+    let reg = REGISTRY.lock();
+    let mut h = reg.all;
+    while !h.is_null() {
+        // SAFETY: registered heaps live forever.
+        let heap = unsafe { &*h };
+        heap.counters.after_fork();
+        h = heap.next_all.get();
+    }
+}
 extern "C" fn fork_parent() {
     extent::unlock_after_fork();
     segment::unlock_after_fork();

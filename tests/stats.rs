@@ -429,6 +429,49 @@ fn a_climbing_thread_keeps_an_exact_peak() {
     .unwrap();
 }
 
+/// `stats()` reads each heap's net bytes while its thread runs: a slow path moves the heap's marks
+/// and its room together, and a reader must never pair an old mark with a new room (that would be
+/// off by up to five publishing thresholds). The worker's live bytes swing between 0 and 320 KiB
+/// across publishing marks and climbs, so every few operations take the slow path.
+fn live_bytes_read_while_marks_move_are_never_torn() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    let ballast = black_box(vec![1u8; 4 << 20]); // keeps `live` far from zero
+    let base = stats().live_bytes as i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (stop, started) = (stop.clone(), started.clone());
+        std::thread::spawn(move || {
+            let mut held: Vec<Vec<u8>> = Vec::with_capacity(8);
+            started.store(true, Relaxed);
+            while !stop.load(Relaxed) {
+                for _ in 0..8 {
+                    held.push(black_box(Vec::with_capacity(40 << 10)));
+                }
+                held.clear();
+            }
+        })
+    };
+    while !started.load(Relaxed) {
+        std::hint::spin_loop();
+    }
+    let slack = 64 << 10; // the worker's own small allocations, and one operation in flight
+    let swing = 8 * (40 << 10);
+    for i in 0..20_000 {
+        let live = stats().live_bytes as i64;
+        assert!(
+            live >= base - slack && live <= base + swing + slack,
+            "read {i}: live {live}, expected within [{}, {}]",
+            base - slack,
+            base + swing + slack
+        );
+    }
+    stop.store(true, Relaxed);
+    worker.join().unwrap();
+    drop(ballast);
+}
+
 fn main() {
     let tests: &[(&str, fn())] = &[
         (
@@ -447,6 +490,10 @@ fn main() {
         (
             "a_climbing_thread_keeps_an_exact_peak",
             a_climbing_thread_keeps_an_exact_peak,
+        ),
+        (
+            "live_bytes_read_while_marks_move_are_never_torn",
+            live_bytes_read_while_marks_move_are_never_torn,
         ),
         (
             "cross_thread_frees_leave_live_bytes_where_they_started",
