@@ -39,24 +39,32 @@ unsafe impl GlobalAlloc for Noop {
 #[inline(never)]
 fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u64) {
     for _ in 0..n {
-        // SAFETY: non-zero size; the block is freed with the same layout.
+        let (size, align) = black_box((layout.size(), layout.align()));
+        // SAFETY: a valid non-zero layout; the block is freed with the same one.
         unsafe {
-            let p = shim_alloc(a, black_box(layout));
-            shim_dealloc(a, black_box(p), layout);
+            let p = shim_alloc(a, size, align);
+            shim_dealloc(a, black_box(p), size, align);
         }
     }
 }
 
+// The shims take what `__rust_alloc(size, align)` and `__rust_dealloc(ptr, size, align)` take, in
+// the same registers, and build the `Layout` inside, as the `#[global_allocator]` glue does.
+
+/// # Safety
+/// `size` and `align` form a valid `Layout` of non-zero size.
 #[inline(never)]
-unsafe fn shim_alloc<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
+unsafe fn shim_alloc<A: GlobalAlloc>(a: &A, size: usize, align: usize) -> *mut u8 {
     // SAFETY: forwarded from the caller.
-    unsafe { a.alloc(layout) }
+    unsafe { a.alloc(Layout::from_size_align_unchecked(size, align)) }
 }
 
+/// # Safety
+/// `p` came from `shim_alloc` with this `size` and `align`.
 #[inline(never)]
-unsafe fn shim_dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, layout: Layout) {
+unsafe fn shim_dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, size: usize, align: usize) {
     // SAFETY: forwarded from the caller.
-    unsafe { a.dealloc(p, layout) }
+    unsafe { a.dealloc(p, Layout::from_size_align_unchecked(size, align)) }
 }
 
 fn main() {
