@@ -206,20 +206,9 @@ fn current() -> &'static Heap {
 /// Allocates `size` bytes aligned to `align`; null on failure.
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    // Two tests with two different exits, not `is_table_size`: with one exit the compiler merges
-    // them into a `setb`/`and` sequence two instructions longer.
-    if align > size_class::FAST_ALIGN {
-        return alloc_aligned(size, align);
+    if size_class::is_table_size(size, align) {
+        return alloc_small(current(), size_class::table_class(size), size);
     }
-    if size > size_class::TABLE_MAX {
-        return alloc_general(size, align);
-    }
-    alloc_small(current(), size_class::table_class(size), size)
-}
-
-/// Requests aligned beyond `FAST_ALIGN` (a separate exit from `alloc`, see there).
-#[inline(never)]
-fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
     alloc_general(size, align)
 }
 
@@ -255,23 +244,10 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// again.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8, size: usize, align: usize) {
-    // As in `alloc`: two tests, two exits.
-    if align > size_class::FAST_ALIGN {
+    if size_class::is_table_size(size, align) {
         // SAFETY: forwarded caller promise.
-        return unsafe { free_aligned(p, size, align) };
+        return unsafe { free_small(current(), p.cast(), size_class::table_class(size), size) };
     }
-    if size > size_class::TABLE_MAX {
-        // SAFETY: forwarded caller promise.
-        return unsafe { free_general(p, size, align) };
-    }
-    // SAFETY: forwarded caller promise.
-    unsafe { free_small(current(), p.cast(), size_class::table_class(size), size) }
-}
-
-/// # Safety
-/// As for `free`.
-#[inline(never)]
-unsafe fn free_aligned(p: *mut u8, size: usize, align: usize) {
     // SAFETY: forwarded caller promise.
     unsafe { free_general(p, size, align) }
 }
