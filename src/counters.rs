@@ -8,9 +8,9 @@
 //! is kept as `lo + room`: `lo` is a mark set by the slow path, and `room` is the one word the fast
 //! paths write. An allocation adds its size to `room` and takes the slow path if that would pass
 //! `span` (the upper mark, `hi`, minus `lo`); a free subtracts its size and takes the slow path if
-//! `room` goes negative (below `lo`). Bytes freed are not counted separately: they are
+//! `room` would go negative (below `lo`). Bytes freed are not counted separately: they are
 //! `allocated - net()`. So an allocation costs a load, an add, a compare with `span`, a store and
-//! the add to `allocated`; a free, a subtract in memory and a sign test.
+//! the add to `allocated`; a free, a load, a subtract, a sign test and a store.
 //!
 //! The thread's own peak is exact: `hi` never exceeds `peak` (outside a climb, below), and the
 //! cold path moves `peak`. A thread that sets two new peaks with no free between is *climbing*:
@@ -120,7 +120,8 @@ pub static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 #[derive(Clone, Copy)]
 pub struct Totals {
     pub net: i64,
-    pub freed: u64,
+    /// Bytes allocated (freed bytes are `allocated - net`).
+    pub allocated: u64,
     pub reallocs: u64,
     pub realloc_allocs: u64,
     pub realloc_frees: u64,
@@ -135,7 +136,7 @@ pub struct Totals {
 impl Totals {
     pub const ZERO: Totals = Totals {
         net: 0,
-        freed: 0,
+        allocated: 0,
         reallocs: 0,
         realloc_allocs: 0,
         realloc_frees: 0,
@@ -155,7 +156,7 @@ impl Totals {
     ) {
         let (allocated, net) = c.read();
         self.net += net;
-        self.freed += allocated.wrapping_sub(net as u64);
+        self.allocated = self.allocated.wrapping_add(allocated);
         self.reallocs += c.reallocs.get();
         self.realloc_allocs += c.realloc_allocs.get();
         self.realloc_frees += c.realloc_frees.get();
@@ -172,7 +173,7 @@ impl Totals {
     /// Adds another set of totals.
     pub fn add_totals(&mut self, o: &Totals) {
         self.net += o.net;
-        self.freed += o.freed;
+        self.allocated = self.allocated.wrapping_add(o.allocated);
         self.reallocs += o.reallocs;
         self.realloc_allocs += o.realloc_allocs;
         self.realloc_frees += o.realloc_frees;

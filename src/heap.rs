@@ -999,6 +999,19 @@ struct Registry {
 // SAFETY: only addresses of heaps (which live forever) are stored; access is under the lock.
 unsafe impl Send for Registry {}
 
+impl Registry {
+    /// Every heap ever made, live or orphaned.
+    fn heaps(&self) -> impl Iterator<Item = &'static Heap> {
+        let mut h = self.all;
+        core::iter::from_fn(move || {
+            // SAFETY: registered heaps live forever; `next_all` is set once, under the lock.
+            let heap = unsafe { h.as_ref() }?;
+            h = heap.next_all.get();
+            Some(heap)
+        })
+    }
+}
+
 static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
     all: ptr::null_mut(),
     orphans: ptr::null_mut(),
@@ -1028,12 +1041,8 @@ static mut KEY: libc::pthread_key_t = 0;
 /// under the same lock, so every thread is counted exactly once.
 pub fn sum_heaps(t: &mut Totals) -> usize {
     let reg = REGISTRY.lock();
-    let mut h = reg.all;
-    while !h.is_null() {
-        // SAFETY: registered heaps live forever.
-        let heap = unsafe { &*h };
+    for heap in reg.heaps() {
         heap.add_to(t);
-        h = heap.next_all.get();
     }
     t.add_totals(&reg.exited);
     reg.live
@@ -1193,13 +1202,8 @@ extern "C" fn fork_prepare() {
 extern "C" fn fork_child() {
     fork_parent();
     // A thread that was inside a counters update at the fork does not exist here to finish it.
-    let reg = REGISTRY.lock();
-    let mut h = reg.all;
-    while !h.is_null() {
-        // SAFETY: registered heaps live forever.
-        let heap = unsafe { &*h };
+    for heap in REGISTRY.lock().heaps() {
         heap.counters.after_fork();
-        h = heap.next_all.get();
     }
 }
 extern "C" fn fork_parent() {

@@ -220,8 +220,8 @@ pub fn thread_stats() -> ThreadStats {
     };
     let t = thread_totals(h);
     ThreadStats {
-        allocated_bytes: (t.net + t.freed as i64) as u64,
-        freed_bytes: t.freed,
+        allocated_bytes: t.allocated,
+        freed_bytes: t.allocated.wrapping_sub(t.net as u64),
         allocations: t.allocations(),
         deallocations: t.deallocations(),
         reallocations: t.reallocs,
@@ -264,10 +264,10 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
     let after = thread_totals(h);
     let scope_peak = h.counters.thread_peak() - before.net;
     h.counters.raise_peak(outer_peak);
-    let freed = after.freed - before.freed;
+    let allocated = after.allocated.wrapping_sub(before.allocated);
     let m = Measurement {
-        allocated_bytes: ((after.net - before.net) + freed as i64) as u64,
-        freed_bytes: freed,
+        allocated_bytes: allocated,
+        freed_bytes: allocated.wrapping_sub((after.net - before.net) as u64),
         allocations: after.allocations() - before.allocations(),
         deallocations: after.deallocations() - before.deallocations(),
         reallocations: after.reallocs - before.reallocs,
