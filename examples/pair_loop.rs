@@ -3,7 +3,8 @@
 //! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size> <iterations>`: each allocator is
 //! called through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the
 //! global one. `noop` hands out one static buffer and frees nothing: what it counts is the loop and
-//! the calls themselves, to subtract from the others.
+//! the calls themselves, to subtract from the others. It prints the time a pair took, which
+//! `benches/pair_time.sh` compares across builds (with and without statistics).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
@@ -76,6 +77,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let layout = Layout::from_size_align(size, 8).unwrap();
+    let start = std::time::Instant::now();
     match which {
         "perfalloc" => pairs(&PERF, layout, n),
         "system" => pairs(&System, layout, n),
@@ -84,4 +86,6 @@ fn main() {
         "noop" => pairs(&Noop, layout, n),
         other => panic!("unknown allocator {other}"),
     }
+    let ns = start.elapsed().as_secs_f64() * 1e9 / n as f64;
+    println!("{which} {size} B: {n} pairs, {ns:.3} ns a pair");
 }
