@@ -437,18 +437,22 @@ pub unsafe fn release(seg: *mut Segment) {
     // SAFETY: the caller promises the segment is ours and empty; its pages were purged as they
     // were released.
     unsafe { (*seg).heap = ptr::null_mut() };
-    // Off huge pages while cached: khugepaged could otherwise fill the purged pages around the
-    // header into a whole resident huge page again. `acquire` sets the advice anew.
-    // SAFETY: the segment is ours (caller promise).
-    let _ = unsafe { os::advise_huge_pages(seg.cast(), SEGMENT_SIZE, false) };
-    let mut cache = SEGMENT_CACHE.lock();
-    if cache.len < SEGMENT_CACHE_SLOTS {
-        let i = cache.len;
-        cache.free[i] = seg;
-        cache.len += 1;
-    } else {
-        drop(cache);
-        // SAFETY: `seg` is a non-null segment base returned by `map_aligned`, empty and unlinked.
-        unsafe { os::unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
+    // A segment that will be unmapped needs no advice: look first (the advice is a system call,
+    // not made under the lock), and check again when caching, as others may have filled it.
+    let room = SEGMENT_CACHE.lock().len < SEGMENT_CACHE_SLOTS;
+    if room {
+        // Off huge pages while cached: khugepaged could otherwise fill the purged pages around
+        // the header into a whole resident huge page again. `acquire` sets the advice anew.
+        // SAFETY: the segment is ours (caller promise).
+        let _ = unsafe { os::advise_huge_pages(seg.cast(), SEGMENT_SIZE, false) };
+        let mut cache = SEGMENT_CACHE.lock();
+        if cache.len < SEGMENT_CACHE_SLOTS {
+            let i = cache.len;
+            cache.free[i] = seg;
+            cache.len += 1;
+            return;
+        }
     }
+    // SAFETY: `seg` is a non-null segment base returned by `map_aligned`, empty and unlinked.
+    unsafe { os::unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
 }
