@@ -19,11 +19,13 @@ static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// The harness alone: an allocator of one block, whose alloc is one load and free one store (so
 /// that the compiler cannot drop the calls).
 struct Noop;
-static mut NOOP_BUF: [u8; 1 << 16] = [0; 1 << 16];
+/// The one block: words, so that it is aligned to 8 as this example's layouts ask.
+const NOOP_BUF_SIZE: usize = 1 << 16;
+static mut NOOP_BUF: [u64; NOOP_BUF_SIZE / 8] = [0; NOOP_BUF_SIZE / 8];
 static NOOP_FREE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
-// SAFETY: every request gets the same static buffer, which is aligned enough for this example's
-// layouts (align 8) and large enough for its sizes; nothing reads or writes through it.
+// SAFETY: every request gets the same static buffer, aligned to 8 (as this example's layouts ask)
+// and as large as any size `main` lets `noop` take; nothing reads or writes through it.
 unsafe impl GlobalAlloc for Noop {
     unsafe fn alloc(&self, _: Layout) -> *mut u8 {
         let p = NOOP_FREE.load(Relaxed);
@@ -77,6 +79,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let layout = Layout::from_size_align(size, 8).unwrap();
+    assert!(
+        which != "noop" || size <= NOOP_BUF_SIZE,
+        "noop serves up to {NOOP_BUF_SIZE} bytes"
+    );
     let start = std::time::Instant::now();
     match which {
         "perfalloc" => pairs(&PERF, layout, n),

@@ -95,7 +95,7 @@ const STATE_LIVE: u8 = 2;
 /// heap) touches its `Cell`s; other threads touch only `remote` and read the counters.
 ///
 /// **Bins.** For each class `c` the heap has a stack of free blocks: pointers in a slot array
-/// (carved right after the heap by `adopt_heap`), `lows[c] <= tops[c] <= highs[c]`; the blocks are
+/// (carved right after the heap by `new_heap`), `lows[c] <= tops[c] <= highs[c]`; the blocks are
 /// `lows[c]..tops[c]`, newest on top. Each block is of class `c`, unused, and counted as used by
 /// its page. The bins are structure-of-arrays so that the fast path addresses each field as
 /// `field[class]` with a scaled index. A bin holds pointers, not linked blocks: a free writes
@@ -429,7 +429,7 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
     if heap.bin_len(class) >= limit {
         flush(heap, class, limit / 2);
     }
-    // SAFETY: the caller gives the block up; the flush made room.
+    // SAFETY: the caller gives the block up; the bin has room: it had, or the flush made it.
     unsafe { push(heap, class, heap.tops[class].get(), b) };
     maybe_purge(heap);
 }
@@ -499,7 +499,7 @@ fn flush(heap: &Heap, class: usize, keep: usize) {
 /// Blocks of another heap travel as **messages**: the first block of a batch for one owner becomes
 /// a carrier and holds the addresses of the next ones in its own memory: word 0 is the link of the
 /// remote list, words `1..size / 8` the addresses, ended by a null unless all are used. So the
-/// sender writes one block per batch (of up to 63 for 512-byte blocks, 1 for 16-byte ones)
+/// sender writes one block per batch (a carrier of up to 63 addresses for 512-byte blocks, 1 for 16-byte ones)
 /// instead of every block. An 8-byte block has no room: it is a message of its own. Consecutive
 /// messages for one owner are pushed with one compare-and-swap.
 ///
@@ -564,7 +564,8 @@ impl<'a> GiveBack<'a> {
         } else {
             // SAFETY: the run holds unused blocks of its page.
             unsafe { put_run(self.heap, self.run) };
-            // SAFETY: `b` starts a new run.
+            // SAFETY: `b` is an unused block of one of our pages that nobody else touches; it
+            // starts a new run.
             unsafe { (*b).next = ptr::null_mut() };
             self.run = (page, b, b, 1);
         }
