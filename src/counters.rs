@@ -187,6 +187,11 @@ impl Totals {
         }
     }
 
+    /// Bytes freed: what was allocated and is no longer held.
+    pub fn freed(&self) -> u64 {
+        self.allocated.wrapping_sub(self.net as u64)
+    }
+
     /// `alloc` and `alloc_zeroed` calls: blocks handed out, less those handed out inside `realloc`.
     pub fn allocations(&self) -> u64 {
         let small: u64 = self.class_allocs.iter().sum();
@@ -299,10 +304,7 @@ impl ThreadCounters {
         if net - self.published.get() > PUBLISH_THRESHOLD {
             return false;
         }
-        // Compared, not assumed: the mark may also be the publishing one.
-        if net > self.peak.load(Relaxed) {
-            self.peak.store(net, Relaxed);
-        }
+        self.lift_peak(net);
         // A second new peak with no free since the first: the thread is climbing.
         let freed = self.freed();
         if freed == self.freed_at_peak.get() {
@@ -376,9 +378,7 @@ impl ThreadCounters {
             PEAK.fetch_max(live, Relaxed);
             self.published.set(net);
         }
-        if net > self.peak.load(Relaxed) {
-            self.peak.store(net, Relaxed);
-        }
+        self.lift_peak(net);
         self.settle(self.allocated.get().wrapping_add(allocated), net);
     }
 
@@ -417,11 +417,15 @@ impl ThreadCounters {
             return false;
         }
         self.climbing.set(false);
-        let net = self.net();
-        if net > self.peak.load(Relaxed) {
-            self.peak.store(net, Relaxed);
-        }
+        self.lift_peak(self.net());
         true
+    }
+
+    /// Raises `peak` to `v` if it is lower. Owner-only (a load and a store, like every counter).
+    fn lift_peak(&self, v: i64) {
+        if v > self.peak.load(Relaxed) {
+            self.peak.store(v, Relaxed);
+        }
     }
 
     /// The thread's peak: the high-water mark of its net bytes.
@@ -445,9 +449,7 @@ impl ThreadCounters {
     /// Raises the thread peak to at least `peak` (used by `measure` to restore the outer peak).
     pub fn raise_peak(&self, peak: i64) {
         self.settle_climb();
-        if peak > self.peak.load(Relaxed) {
-            self.peak.store(peak, Relaxed);
-        }
+        self.lift_peak(peak);
         self.refresh_marks();
     }
 

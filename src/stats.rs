@@ -221,7 +221,7 @@ pub fn thread_stats() -> ThreadStats {
     let t = thread_totals(h);
     ThreadStats {
         allocated_bytes: t.allocated,
-        freed_bytes: t.allocated.wrapping_sub(t.net as u64),
+        freed_bytes: t.freed(),
         allocations: t.allocations(),
         deallocations: t.deallocations(),
         reallocations: t.reallocs,
@@ -267,7 +267,7 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
     let allocated = after.allocated.wrapping_sub(before.allocated);
     let m = Measurement {
         allocated_bytes: allocated,
-        freed_bytes: allocated.wrapping_sub((after.net - before.net) as u64),
+        freed_bytes: after.freed().wrapping_sub(before.freed()),
         allocations: after.allocations() - before.allocations(),
         deallocations: after.deallocations() - before.deallocations(),
         reallocations: after.reallocs - before.reallocs,
