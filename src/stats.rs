@@ -17,7 +17,9 @@
 //! always checked.
 //!
 //! Build without the default `stats` feature to remove the counters from the fast path; every
-//! figure except `mapped_bytes`, `resident_bytes` and `threads` then reads zero.
+//! figure except `mapped_bytes`, `resident_bytes` and `threads` then reads zero, and
+//! [`set_limit`] has no effect (the limit is checked where counters publish). The examples below
+//! return early in such a build.
 
 use crate::counters::{self, Totals, LIMIT, LIVE, PEAK};
 use crate::heap::{self, Heap};
@@ -136,6 +138,7 @@ fn clamp(v: i64) -> u64 {
 /// #[global_allocator]
 /// static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
 ///
+/// # if !cfg!(feature = "stats") { return; } // the figures below need the default feature
 /// let before = perfalloc::stats();
 /// let v = vec![0u8; 1 << 20];
 /// let after = perfalloc::stats();
@@ -207,6 +210,7 @@ fn thread_totals(h: &Heap) -> Totals {
 /// ```
 /// # #[global_allocator]
 /// # static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
+/// # if !cfg!(feature = "stats") { return; } // the figures below need the default feature
 /// let before = perfalloc::thread_stats();
 /// let b = Box::new([0u8; 100]);
 /// let after = perfalloc::thread_stats();
@@ -244,6 +248,7 @@ pub fn reset_thread_peak() {
 /// ```
 /// # #[global_allocator]
 /// # static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
+/// # if !cfg!(feature = "stats") { return; } // the figures below need the default feature
 /// let (sum, m) = perfalloc::measure(|| {
 ///     let v: Vec<u64> = (0..1000).collect(); // one allocation of 8000 bytes
 ///     v.iter().sum::<u64>()
@@ -278,11 +283,13 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 
 /// Sets (or with `None` removes) a limit on live bytes: an allocation that would take the
 /// process past it returns null, so `Vec::try_reserve` fails cleanly and infallible collections
-/// call `handle_alloc_error`. See the module docs for the slack.
+/// call `handle_alloc_error`. See the module docs for the slack. Without the default `stats`
+/// feature the limit is stored but not enforced.
 ///
 /// ```
 /// # #[global_allocator]
 /// # static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
+/// # if !cfg!(feature = "stats") { return; } // the figures below need the default feature
 /// let live = perfalloc::stats().live_bytes;
 /// perfalloc::set_limit(Some(live + (256 << 20)));
 /// let mut v: Vec<u8> = Vec::new();

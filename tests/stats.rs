@@ -473,7 +473,46 @@ fn live_bytes_read_while_marks_move_stay_within_the_swing() {
     drop(ballast);
 }
 
+/// Built without the `stats` feature: the documented contract is that every counted figure reads
+/// zero, `measure` and `thread_stats` return their defaults, and the limit is not enforced, while
+/// the figures the OS gives (mapped, resident, threads) stay.
+fn without_statistics_counted_figures_read_zero_and_the_limit_is_inert() {
+    let (v, m) = measure(|| black_box(vec![7u8; 300_000]));
+    let boxed = black_box(Box::new([1u8; 100]));
+    assert_eq!(m, perfalloc::Measurement::default());
+    assert_eq!(thread_stats(), perfalloc::ThreadStats::default());
+    let s = stats();
+    let f = Figures::now();
+    assert_eq!(
+        (f.live_bytes, f.allocations, f.deallocations, f.live_blocks),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        (s.peak_live_bytes, s.reallocations, s.active_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(s.large, perfalloc::LargeStats::default());
+    assert!(s.size_classes.is_empty());
+    // The allocator holds at least the two live blocks' memory, and this thread has a heap.
+    assert!(s.mapped_bytes >= 300_000, "{s:?}");
+    assert!(s.threads >= 1);
+    perfalloc::set_limit(Some(1));
+    let mut w: Vec<u8> = Vec::new();
+    let reserved = w.try_reserve(1 << 20);
+    perfalloc::set_limit(None);
+    assert!(reserved.is_ok(), "no limit is enforced without statistics");
+    drop((v, boxed, w));
+}
+
 fn main() {
+    if !cfg!(feature = "stats") {
+        let ok = std::panic::catch_unwind(
+            without_statistics_counted_figures_read_zero_and_the_limit_is_inert,
+        )
+        .is_ok();
+        println!("stats (feature off): {}", if ok { "ok" } else { "FAILED" });
+        std::process::exit(i32::from(!ok));
+    }
     let tests: &[(&str, fn())] = &[
         (
             "measure_counts_a_known_sequence_exactly",
