@@ -43,6 +43,10 @@
 //! (and segments) that nothing was taken from since the previous walk, and purges the OS pages
 //! inside medium blocks that stayed free since then; memory in reuse stays resident. Once more than
 //! `PURGE_BOUND` bytes are dirty, it walks at once, and takes memory in reuse too if that is needed.
+//! A thread that frees and then waits runs no slow path: every `IDLE_SCAN_EVERY` slow paths, a
+//! thread checks (at most once a period process-wide) for heaps whose purge is a whole period
+//! overdue and runs it for them under their `slow` lock (`purge_idle_heaps`), which their owners
+//! also hold through their own slow paths; the fast paths never take it.
 
 use crate::counters::{Counter, ThreadCounters, Totals};
 use crate::extent;
@@ -54,13 +58,16 @@ use crate::size_class::{self, CLASSES};
 use crate::sync::SpinLock;
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Dirty bytes a heap may hold before it purges regardless of their age.
 const PURGE_BOUND: usize = 64 << 20;
 /// How long emptied memory is kept for reuse before it is purged.
 const PURGE_DELAY_MS: u64 = 200;
+/// A heap's slow paths look for idle heaps to purge once in this many (and then only if no other
+/// thread looked in the last `PURGE_DELAY_MS`): it costs a clock read.
+const IDLE_SCAN_EVERY: u32 = 16;
 
 /// Free-block slots a heap keeps for class `c` (`highs[c] - lows[c]` of a live heap): about 64 KiB
 /// of blocks, at least 2 and at most 512.
@@ -92,7 +99,14 @@ const STATE_DEAD: u8 = 1;
 const STATE_LIVE: u8 = 2;
 
 /// A thread's heap. Only the owning thread (or the holder of the fallback lock, for the fallback
-/// heap) touches its `Cell`s; other threads touch only `remote` and read the counters.
+/// heap) touches its bins and its counters' `Cell`s; other threads push onto `remote` and read the
+/// counters.
+///
+/// **Slow lock.** Everything the fast paths never touch (page queues, segments and their page
+/// records, the large cache, the dirty bytes and purge deadline) is touched only by the holder of
+/// `slow`: the owner through each of its slow paths, or another thread purging the heap while its
+/// owner is idle (`purge_idle_heaps`). The owner takes it without contention but for those rare
+/// purges; the fast paths never take it.
 ///
 /// **Bins.** For each class `c` the heap has a stack of free blocks: pointers in a slot array
 /// (carved right after the heap by `new_heap`), `lows[c] <= tops[c] <= highs[c]`; the blocks are
@@ -117,7 +131,16 @@ pub struct Heap {
     segments: [Cell<*mut Segment>; 2],
     large: LargeCache,
     dirty_bytes: Cell<usize>,
-    purge_deadline: Cell<u64>,
+    /// When the next timed purge is due (`os::now_ms`), 0 for none. Written under `slow`; read
+    /// without it by `purge_idle_heaps` to pick heaps worth locking.
+    purge_deadline: AtomicU64,
+    /// See the struct docs.
+    slow: SpinLock<()>,
+    /// Slow paths taken (under `slow`), to pace `purge_idle_heaps`.
+    slow_paths: Cell<u32>,
+    /// Owned by a live thread (not an orphan, the fallback heap or a test's heap): the heaps
+    /// `purge_idle_heaps` may purge.
+    thread_owned: AtomicBool,
     state: Cell<u8>,
     /// Next heap in the registry's list of all heaps (set once, under the registry lock).
     next_all: Cell<*mut Heap>,
@@ -127,7 +150,9 @@ pub struct Heap {
     remote: CachePadded<RemoteList<Block>>,
 }
 
-// SAFETY: see the struct docs: Cells are owner-only, shared fields are atomics.
+// SAFETY: see the struct docs: the bins' and counters' Cells are owner-only, the page-side ones are
+// accessed only under the `slow` lock (whose acquire and release order them), shared fields are
+// atomics.
 unsafe impl Sync for Heap {}
 
 impl Heap {
@@ -143,7 +168,10 @@ impl Heap {
             segments: [const { Cell::new(ptr::null_mut()) }; 2],
             large: LargeCache::new(),
             dirty_bytes: Cell::new(0),
-            purge_deadline: Cell::new(0),
+            purge_deadline: AtomicU64::new(0),
+            slow: SpinLock::new(()),
+            slow_paths: Cell::new(0),
+            thread_owned: AtomicBool::new(false),
             state: Cell::new(state),
             next_all: Cell::new(ptr::null_mut()),
             next_orphan: Cell::new(ptr::null_mut()),
@@ -283,10 +311,12 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
             return p;
         }
         if old_class.is_none() && new_class.is_none() {
-            // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
-            let Some((q, old_len, new_len)) =
-                (unsafe { large::realloc(&heap.large, p, old, new, align) })
-            else {
+            let resized = {
+                let _slow = heap.slow.lock();
+                // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
+                unsafe { large::realloc(&heap.large, p, old, new, align) }
+            };
+            let Some((q, old_len, new_len)) = resized else {
                 return ptr::null_mut();
             };
             let c = &heap.counters;
@@ -425,6 +455,7 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
         return;
     }
     heap.counters.free_slow(size);
+    let _slow = heap.slow.lock();
     let limit = bin_limit(class);
     if heap.bin_len(class) >= limit {
         flush(heap, class, limit / 2);
@@ -437,6 +468,7 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
 /// Fills the bin of `class`: with the blocks other threads sent back if any are of its class, else
 /// with up to half its limit from its pages. False if no memory could be had.
 fn refill(heap: &Heap, class: usize) -> bool {
+    let _slow = heap.slow.lock();
     drain_remote(heap, true);
     let filled = heap.bin_len(class) > 0 || fill_bin(heap, class);
     // After, not before: purging first could release the empty pages the bin is about to use.
@@ -716,8 +748,9 @@ fn add_dirty(heap: &Heap, bytes: usize) {
 
 /// Schedules a purge `PURGE_DELAY_MS` from now unless one is already scheduled.
 fn arm_purge(heap: &Heap) {
-    if heap.purge_deadline.get() == 0 {
-        heap.purge_deadline.set(os::now_ms() + PURGE_DELAY_MS);
+    if heap.purge_deadline.load(Ordering::Relaxed) == 0 {
+        heap.purge_deadline
+            .store(os::now_ms() + PURGE_DELAY_MS, Ordering::Relaxed);
     }
 }
 
@@ -834,10 +867,16 @@ fn seg_unlink(heap: &Heap, kind: usize, seg: *mut Segment) {
 // ---------------------------------------------------------------------------------------------
 // Purging.
 
-/// Purges if one is scheduled and due, or if too much dirty memory is waiting.
+/// Purges if one is scheduled and due, or if too much dirty memory is waiting; now and then, also
+/// other threads' heaps that have been idle past their own purge. Called under `heap.slow`.
 #[inline]
 fn maybe_purge(heap: &Heap) {
-    let deadline = heap.purge_deadline.get();
+    let n = heap.slow_paths.get().wrapping_add(1);
+    heap.slow_paths.set(n);
+    if n % IDLE_SCAN_EVERY == 0 {
+        purge_idle_heaps(heap);
+    }
+    let deadline = heap.purge_deadline.load(Ordering::Relaxed);
     if deadline == 0 {
         return;
     }
@@ -907,7 +946,7 @@ fn purge(heap: &Heap, all: bool) {
     }
     heap.large.clear();
     heap.dirty_bytes.set(left);
-    heap.purge_deadline.set(0);
+    heap.purge_deadline.store(0, Ordering::Relaxed);
     if left > 0 {
         arm_purge(heap);
     }
@@ -915,6 +954,65 @@ fn purge(heap: &Heap, all: bool) {
     // brings the arena's next timed purge along on its own.
     if extent::maybe_purge() {
         arm_purge(heap);
+    }
+}
+
+/// Held by the one thread scanning for idle heaps, and by `fork_prepare`, so that no foreign purge
+/// is half done (holding some heap's `slow`) in a forked child.
+static IDLE_SCAN: SpinLock<()> = SpinLock::new(());
+/// When the next scan for idle heaps may run (`os::now_ms`).
+static NEXT_IDLE_SCAN: AtomicU64 = AtomicU64::new(0);
+/// Heaps purged by a thread other than their owner (for the tests to see that it happens).
+#[cfg(test)]
+static IDLE_PURGES: AtomicU64 = AtomicU64::new(0);
+
+/// Runs the timed purge of other threads' heaps whose owners have let it pass by a whole period
+/// more without a slow path: a thread that frees its memory and then waits would otherwise keep
+/// it until it next allocates. At most one thread scans per `PURGE_DELAY_MS`; a heap whose owner
+/// is in a slow path (holding `slow`) is skipped. The passes are the owner's own (`purge` with
+/// `all` false), so an idle heap's empty pages go back within about four periods of its last
+/// free, given slow paths on any other thread.
+#[cold]
+#[inline(never)]
+fn purge_idle_heaps(me: &Heap) {
+    let now = os::now_ms();
+    let next = NEXT_IDLE_SCAN.load(Ordering::Relaxed);
+    if now < next
+        || NEXT_IDLE_SCAN
+            .compare_exchange(
+                next,
+                now + PURGE_DELAY_MS,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let Some(_scan) = IDLE_SCAN.try_lock() else {
+        return;
+    };
+    let overdue = |h: &Heap| {
+        let deadline = h.purge_deadline.load(Ordering::Relaxed);
+        h.thread_owned.load(Ordering::Relaxed) && deadline != 0 && now >= deadline + PURGE_DELAY_MS
+    };
+    // The list is walked without the registry lock: a heap's `next_all` is written once, before
+    // the heap is published as the head under the lock this read of the head acquires.
+    let mut h = REGISTRY.lock().all;
+    // SAFETY: registered heaps live forever (see above for `next_all`).
+    while let Some(heap) = unsafe { h.as_ref() } {
+        h = heap.next_all.get();
+        if ptr::eq(heap, me) || !overdue(heap) {
+            continue;
+        }
+        if let Some(_slow) = heap.slow.try_lock() {
+            // Checked again under the lock: the owner may have purged it meanwhile.
+            if overdue(heap) {
+                purge(heap, false);
+                #[cfg(test)]
+                IDLE_PURGES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -939,7 +1037,11 @@ fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8
     if !large::is_mappable(size, align) || !heap.counters.admits(size) {
         return ptr::null_mut();
     }
-    let Some((p, len)) = large::alloc(&heap.large, size, align, zero) else {
+    let taken = {
+        let _slow = heap.slow.lock();
+        large::alloc(&heap.large, size, align, zero)
+    };
+    let Some((p, len)) = taken else {
         return ptr::null_mut();
     };
     heap.counters.alloc_slow(size);
@@ -971,6 +1073,7 @@ unsafe fn free_large(p: *mut u8, size: usize) {
 
 unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
     heap.counters.free_slow(size);
+    let _slow = heap.slow.lock();
     // SAFETY: forwarded caller promise.
     let len = unsafe { large::free(&heap.large, p, size) };
     if cfg!(feature = "stats") {
@@ -1061,6 +1164,7 @@ pub fn current_live() -> Option<&'static Heap> {
 /// Purges the calling thread's heap now (see `perfalloc::trim`).
 pub fn trim_current() {
     if let Some(heap) = current_live() {
+        let _slow = heap.slow.lock();
         drain_remote(heap, false);
         for class in 0..CLASSES {
             flush(heap, class, 0);
@@ -1079,6 +1183,8 @@ fn thread_heap(current: &Heap) -> Option<&'static Heap> {
         return None;
     }
     let heap = adopt_heap(true)?;
+    // SAFETY: adopted heaps live forever.
+    unsafe { (*heap).thread_owned.store(true, Ordering::Relaxed) };
     CURRENT.with(|c| c.set(heap));
     // SAFETY: KEY was created (ensure_key); the value is only read back by our destructor.
     unsafe { libc::pthread_setspecific(KEY, heap.cast()) };
@@ -1136,6 +1242,7 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     let heap_ptr = value as *mut Heap;
     // SAFETY: the value is the heap this thread adopted in `thread_heap`.
     let heap = unsafe { &*heap_ptr };
+    heap.thread_owned.store(false, Ordering::Relaxed);
     trim_current();
     CURRENT.with(|c| c.set(&DEAD));
     heap.state.set(STATE_DEAD);
@@ -1194,6 +1301,7 @@ fn with_fallback<R: Default>(f: impl FnOnce(&Heap) -> R) -> R {
 }
 
 extern "C" fn fork_prepare() {
+    IDLE_SCAN.raw_lock();
     FALLBACK.raw_lock();
     REGISTRY.raw_lock();
     segment::lock_for_fork();
@@ -1214,6 +1322,7 @@ extern "C" fn fork_parent() {
     unsafe {
         REGISTRY.raw_unlock();
         FALLBACK.raw_unlock();
+        IDLE_SCAN.raw_unlock();
     }
 }
 
@@ -1277,7 +1386,11 @@ mod tests {
                         // SAFETY: allocated above with this size; freed once, on this thread's heap.
                         unsafe { free_small(here, p.cast(), class, size) };
                     }
-                    flush(here, class, 0);
+                    {
+                        // `here` is this thread's own heap: others may purge it when idle.
+                        let _slow = here.slow.lock();
+                        flush(here, class, 0);
+                    }
                     flush(there, class, 0);
                     assert!(!there.remote.is_empty(), "size {size}: nothing was sent");
                     drain_remote(there, to_bins);
@@ -1339,7 +1452,7 @@ mod tests {
         );
         // The kept pages stay counted as dirty, and a next pass is due.
         assert_eq!(heap.dirty_bytes.get(), all.len() << SMALL_PAGE_SHIFT);
-        assert_ne!(heap.purge_deadline.get(), 0);
+        assert_ne!(heap.purge_deadline.load(Ordering::Relaxed), 0);
         let reused = cycle(1);
         assert_eq!(reused.len(), 1);
         purge(heap, false);
@@ -1352,7 +1465,7 @@ mod tests {
         purge(heap, false);
         assert_eq!(class_of_page(reused[0]), NO_CLASS);
         assert_eq!(heap.dirty_bytes.get(), 0);
-        assert_eq!(heap.purge_deadline.get(), 0);
+        assert_eq!(heap.purge_deadline.load(Ordering::Relaxed), 0);
         // SAFETY: allocated above with this size.
         unsafe { free_small(heap, keep.cast(), size_class::class_of(8, 8).unwrap(), 8) };
     }
@@ -1483,7 +1596,13 @@ mod tests {
                     // SAFETY: allocated just above with this size and alignment.
                     unsafe { free(p, 24, 8) };
                 }
-                dirty_after_free.push(current().dirty_bytes.get());
+                let dirty = {
+                    // Others may purge this heap when it is idle. Nothing may allocate under the
+                    // lock: the allocation's slow path would take it again.
+                    let _slow = current().slow.lock();
+                    current().dirty_bytes.get()
+                };
+                dirty_after_free.push(dirty);
             }
             // N blocks of 24 B fill 8 pages of 64 KiB; the dirty total may cover those pages
             // (and a few more, for blocks that other tests' threads left in this heap).
@@ -1495,5 +1614,83 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+    /// Threads that sleep past their purge while holding blocks, their heaps purged meanwhile by
+    /// the threads that keep working, then wake and go on: every block keeps its contents, and
+    /// foreign purges did happen.
+    #[test]
+    fn heaps_purged_by_other_threads_while_idle_keep_their_blocks() {
+        let before = IDLE_PURGES.load(Ordering::Relaxed);
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut rng = t * 7919 + 1;
+                    let mut next = move || {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng
+                    };
+                    let mut live: Vec<(*mut u8, usize, u8)> = Vec::new();
+                    for round in 0..4u64 {
+                        for i in 0..1500 {
+                            // Mostly small blocks; one in ten medium, whose frees are dirty at once.
+                            let size = if i % 10 == 0 {
+                                10_000 + (next() % 30_000) as usize
+                            } else {
+                                1 + (next() % 2048) as usize
+                            };
+                            let p = alloc(size, 8);
+                            assert!(!p.is_null());
+                            let tag = next() as u8;
+                            // SAFETY: a fresh block of `size` bytes.
+                            unsafe { ptr::write_bytes(p, tag, size) };
+                            live.push((p, size, tag));
+                        }
+                        live.retain(|&(p, size, tag)| {
+                            // SAFETY: a live block of `size` bytes, written with `tag`.
+                            let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+                            assert!(bytes.iter().all(|&b| b == tag), "block {p:?} changed");
+                            if next() % 10 == 0 {
+                                return true;
+                            }
+                            // SAFETY: allocated above with this size; freed once.
+                            unsafe { free(p, size, 8) };
+                            false
+                        });
+                        if (t + round) % 2 == 0 {
+                            // Idle past the purge and a whole period more: others purge for us.
+                            std::thread::sleep(std::time::Duration::from_millis(
+                                3 * PURGE_DELAY_MS,
+                            ));
+                        } else {
+                            // Busy: slow paths, which scan for idle heaps.
+                            let until = os::now_ms() + 3 * PURGE_DELAY_MS;
+                            while os::now_ms() < until {
+                                let batch: Vec<*mut u8> = (0..600).map(|_| alloc(48, 8)).collect();
+                                for p in batch {
+                                    // SAFETY: allocated just above with this size.
+                                    unsafe { free(p, 48, 8) };
+                                }
+                            }
+                        }
+                    }
+                    for (p, size, tag) in live {
+                        // SAFETY: as above.
+                        let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+                        assert!(bytes.iter().all(|&b| b == tag), "block {p:?} changed");
+                        // SAFETY: allocated above with this size; freed once.
+                        unsafe { free(p, size, 8) };
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(
+            IDLE_PURGES.load(Ordering::Relaxed) > before,
+            "no heap was purged by another thread"
+        );
     }
 }

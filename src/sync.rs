@@ -1,7 +1,7 @@
 //! A spin lock for the allocator's slow paths, which may not allocate or block in the kernel while
 //! the global allocator is being entered (std's `Mutex` is fine today, but promises nothing about
 //! allocation). Every use is amortized over many allocations: acquiring segments, registering
-//! threads, reading statistics.
+//! threads, reading statistics, a heap's slow paths.
 
 /// The atomics of lock-free code that loom checks: loom's under `--cfg loom`, core's otherwise.
 pub mod atomic {
@@ -54,6 +54,14 @@ impl<T> SpinLock<T> {
             }
         }
         SpinGuard { lock: self }
+    }
+
+    /// Takes the lock if nobody holds it, without waiting.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(SpinGuard { lock: self })
     }
 
     /// Takes the lock without a guard; used by the `fork` handlers, which must hold it across calls.
