@@ -55,7 +55,7 @@ use crate::os;
 use crate::remote::RemoteList;
 use crate::segment::{self, Block, Page, Segment, MEDIUM_PAGE_SHIFT, NO_CLASS, SMALL_PAGE_SHIFT};
 use crate::size_class::{self, CLASSES};
-use crate::sync::SpinLock;
+use crate::sync::{SpinGuard, SpinLock};
 use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -106,7 +106,8 @@ const STATE_LIVE: u8 = 2;
 /// records, the large cache, the dirty bytes and purge deadline) is touched only by the holder of
 /// `slow`: the owner through each of its slow paths, or another thread purging the heap while its
 /// owner is idle (`purge_idle_heaps`). The owner takes it without contention but for those rare
-/// purges; the fast paths never take it.
+/// purges; the fast paths never take it. Nothing may allocate while holding it: the allocation's
+/// own slow path would wait for it forever (`lock_slow` turns that into an abort with a message).
 ///
 /// **Bins.** For each class `c` the heap has a stack of free blocks: pointers in a slot array
 /// (carved right after the heap by `new_heap`), `lows[c] <= tops[c] <= highs[c]`; the blocks are
@@ -138,6 +139,11 @@ pub struct Heap {
     slow: SpinLock<()>,
     /// Slow paths taken (under `slow`), to pace `purge_idle_heaps`.
     slow_paths: Cell<u32>,
+    /// The owner holds `slow` (set and cleared by it under the lock, read only by it).
+    owner_in_slow: Cell<bool>,
+    /// Purges of this heap by other threads (for the tests).
+    #[cfg(test)]
+    foreign_purges: AtomicU64,
     /// Owned by a live thread (not an orphan, the fallback heap or a test's heap): the heaps
     /// `purge_idle_heaps` may purge.
     thread_owned: AtomicBool,
@@ -171,6 +177,9 @@ impl Heap {
             purge_deadline: AtomicU64::new(0),
             slow: SpinLock::new(()),
             slow_paths: Cell::new(0),
+            owner_in_slow: Cell::new(false),
+            #[cfg(test)]
+            foreign_purges: AtomicU64::new(0),
             thread_owned: AtomicBool::new(false),
             state: Cell::new(state),
             next_all: Cell::new(ptr::null_mut()),
@@ -226,6 +235,37 @@ fn current() -> &'static Heap {
     let heap = CURRENT.with(Cell::get);
     // SAFETY: CURRENT always holds EMPTY, DEAD, or a heap that lives forever (heaps are never freed).
     unsafe { &*heap }
+}
+
+/// The owner's hold on its heap's `slow` lock; `owner_in_slow` is set while it lasts.
+struct OwnerSlow<'a> {
+    heap: &'a Heap,
+    _guard: SpinGuard<'a, ()>,
+}
+
+impl Drop for OwnerSlow<'_> {
+    fn drop(&mut self) {
+        // Before the guard field is dropped: cleared while the lock is still held.
+        self.heap.owner_in_slow.set(false);
+    }
+}
+
+/// Takes `heap.slow` for its owner: at once, or after a foreign purge of the heap ends. If the
+/// owner itself holds it, the allocator was re-entered from its own slow path (a panic inside it
+/// allocates its message): abort with a message instead of waiting forever.
+fn lock_slow(heap: &Heap) -> OwnerSlow<'_> {
+    let guard = match heap.slow.try_lock() {
+        Some(g) => g,
+        None if heap.owner_in_slow.get() => {
+            os::die("perfalloc: allocation inside the allocator's own slow path (a panic in it?)\n")
+        }
+        None => heap.slow.lock(),
+    };
+    heap.owner_in_slow.set(true);
+    OwnerSlow {
+        heap,
+        _guard: guard,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,7 +352,7 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
         }
         if old_class.is_none() && new_class.is_none() {
             let resized = {
-                let _slow = heap.slow.lock();
+                let _slow = lock_slow(heap);
                 // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
                 unsafe { large::realloc(&heap.large, p, old, new, align) }
             };
@@ -455,7 +495,7 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
         return;
     }
     heap.counters.free_slow(size);
-    let _slow = heap.slow.lock();
+    let _slow = lock_slow(heap);
     let limit = bin_limit(class);
     if heap.bin_len(class) >= limit {
         flush(heap, class, limit / 2);
@@ -468,7 +508,7 @@ unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize)
 /// Fills the bin of `class`: with the blocks other threads sent back if any are of its class, else
 /// with up to half its limit from its pages. False if no memory could be had.
 fn refill(heap: &Heap, class: usize) -> bool {
-    let _slow = heap.slow.lock();
+    let _slow = lock_slow(heap);
     drain_remote(heap, true);
     let filled = heap.bin_len(class) > 0 || fill_bin(heap, class);
     // After, not before: purging first could release the empty pages the bin is about to use.
@@ -962,9 +1002,6 @@ fn purge(heap: &Heap, all: bool) {
 static IDLE_SCAN: SpinLock<()> = SpinLock::new(());
 /// When the next scan for idle heaps may run (`os::now_ms`).
 static NEXT_IDLE_SCAN: AtomicU64 = AtomicU64::new(0);
-/// Heaps purged by a thread other than their owner (for the tests to see that it happens).
-#[cfg(test)]
-static IDLE_PURGES: AtomicU64 = AtomicU64::new(0);
 
 /// Runs the timed purge of other threads' heaps whose owners have let it pass by a whole period
 /// more without a slow path: a thread that frees its memory and then waits would otherwise keep
@@ -1009,8 +1046,14 @@ fn purge_idle_heaps(me: &Heap) {
             // Checked again under the lock: the owner may have purged it meanwhile.
             if overdue(heap) {
                 purge(heap, false);
+                if heap.dirty_bytes.get() == 0 {
+                    // Nothing left to purge: `purge` re-armed the heap only to bring the arena's
+                    // purge along, which `me`, a running thread, does instead.
+                    heap.purge_deadline.store(0, Ordering::Relaxed);
+                    arm_purge(me);
+                }
                 #[cfg(test)]
-                IDLE_PURGES.fetch_add(1, Ordering::Relaxed);
+                heap.foreign_purges.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1038,7 +1081,7 @@ fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8
         return ptr::null_mut();
     }
     let taken = {
-        let _slow = heap.slow.lock();
+        let _slow = lock_slow(heap);
         large::alloc(&heap.large, size, align, zero)
     };
     let Some((p, len)) = taken else {
@@ -1073,7 +1116,7 @@ unsafe fn free_large(p: *mut u8, size: usize) {
 
 unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
     heap.counters.free_slow(size);
-    let _slow = heap.slow.lock();
+    let _slow = lock_slow(heap);
     // SAFETY: forwarded caller promise.
     let len = unsafe { large::free(&heap.large, p, size) };
     if cfg!(feature = "stats") {
@@ -1164,7 +1207,7 @@ pub fn current_live() -> Option<&'static Heap> {
 /// Purges the calling thread's heap now (see `perfalloc::trim`).
 pub fn trim_current() {
     if let Some(heap) = current_live() {
-        let _slow = heap.slow.lock();
+        let _slow = lock_slow(heap);
         drain_remote(heap, false);
         for class in 0..CLASSES {
             flush(heap, class, 0);
@@ -1388,7 +1431,7 @@ mod tests {
                     }
                     {
                         // `here` is this thread's own heap: others may purge it when idle.
-                        let _slow = here.slow.lock();
+                        let _slow = lock_slow(here);
                         flush(here, class, 0);
                     }
                     flush(there, class, 0);
@@ -1599,7 +1642,7 @@ mod tests {
                 let dirty = {
                     // Others may purge this heap when it is idle. Nothing may allocate under the
                     // lock: the allocation's slow path would take it again.
-                    let _slow = current().slow.lock();
+                    let _slow = lock_slow(current());
                     current().dirty_bytes.get()
                 };
                 dirty_after_free.push(dirty);
@@ -1620,9 +1663,10 @@ mod tests {
     /// foreign purges did happen.
     #[test]
     fn heaps_purged_by_other_threads_while_idle_keep_their_blocks() {
-        let before = IDLE_PURGES.load(Ordering::Relaxed);
+        let purged = std::sync::Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..6u64)
             .map(|t| {
+                let purged = purged.clone();
                 std::thread::spawn(move || {
                     let mut rng = t * 7919 + 1;
                     let mut next = move || {
@@ -1632,6 +1676,8 @@ mod tests {
                         rng
                     };
                     let mut live: Vec<(*mut u8, usize, u8)> = Vec::new();
+                    let heap = current_live().expect("a heap");
+                    let before = heap.foreign_purges.load(Ordering::Relaxed);
                     for round in 0..4u64 {
                         for i in 0..1500 {
                             // Mostly small blocks; one in ten medium, whose frees are dirty at once.
@@ -1682,6 +1728,8 @@ mod tests {
                         // SAFETY: allocated above with this size; freed once.
                         unsafe { free(p, size, 8) };
                     }
+                    let after = heap.foreign_purges.load(Ordering::Relaxed);
+                    purged.fetch_add(after - before, Ordering::Relaxed);
                 })
             })
             .collect();
@@ -1689,8 +1737,43 @@ mod tests {
             t.join().unwrap();
         }
         assert!(
-            IDLE_PURGES.load(Ordering::Relaxed) > before,
-            "no heap was purged by another thread"
+            purged.load(Ordering::Relaxed) > 0,
+            "none of this test's heaps was purged by another thread"
         );
+    }
+
+    /// An allocation while the owner holds its heap's `slow` lock (a panic inside a slow path
+    /// would make one) aborts with a message instead of waiting for the lock forever.
+    #[test]
+    fn an_allocation_under_the_owners_slow_lock_aborts_instead_of_hanging() {
+        // SAFETY: the child only allocates and exits; the parent waits for it.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let heap = current_live().expect("a heap");
+                let _slow = lock_slow(heap);
+                // More blocks than a bin holds: one of them takes the slow path.
+                for _ in 0..1000 {
+                    alloc(100_000, 8);
+                }
+                libc::_exit(0);
+            }
+            // A child that waits for the lock forever is killed and reported, not waited for.
+            let mut status = 0;
+            let start = std::time::Instant::now();
+            while libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 {
+                if start.elapsed() > std::time::Duration::from_secs(10) {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                    panic!("the child still waited for the lock after 10 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+                "the child did not abort: status {status:#x}"
+            );
+        }
     }
 }

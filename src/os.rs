@@ -2,7 +2,7 @@
 //!
 //! Every function states what it needs and what it guarantees, so that policy code above it never has
 //! to know which system call does the work. None of them allocate or panic; failures come back as
-//! `None`/`false` and the caller turns them into a null return.
+//! `None`/`false` and the caller turns them into a null return. The one exception is `die`.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +16,17 @@ static MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes currently mapped through this module.
 pub fn mapped_bytes() -> usize {
     MAPPED.load(Ordering::Relaxed)
+}
+
+/// Writes `msg` to standard error and aborts the process, without allocating: for states the
+/// allocator cannot leave any other way (it would otherwise wait forever).
+#[cold]
+pub fn die(msg: &str) -> ! {
+    // SAFETY: `msg` is a valid buffer of its length; `abort` has no preconditions.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::abort()
+    }
 }
 
 /// Maps `size` bytes of zeroed, readable and writable memory aligned to `align`.

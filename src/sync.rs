@@ -58,10 +58,17 @@ impl<T> SpinLock<T> {
 
     /// Takes the lock if nobody holds it, without waiting.
     pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
-        self.locked
+        // The guard is made only on success: dropping one releases the lock, so a guard built
+        // eagerly and discarded on failure (as `bool::then_some` would) unlocks the holder's lock.
+        if self
+            .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-            .then_some(SpinGuard { lock: self })
+        {
+            Some(SpinGuard { lock: self })
+        } else {
+            None
+        }
     }
 
     /// Takes the lock without a guard; used by the `fork` handlers, which must hold it across calls.
@@ -100,5 +107,25 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::SpinLock;
+
+    /// A failed `try_lock` leaves the lock with its holder; the holder's release frees it.
+    #[test]
+    fn try_lock_fails_while_held_and_leaves_the_holder_its_lock() {
+        let lock = SpinLock::new(5);
+        let held = lock.try_lock().expect("a free lock");
+        assert!(lock.try_lock().is_none());
+        assert!(
+            lock.try_lock().is_none(),
+            "a failed try_lock released the lock"
+        );
+        assert_eq!(*held, 5);
+        drop(held);
+        assert!(lock.try_lock().is_some());
     }
 }
