@@ -107,7 +107,8 @@ const STATE_LIVE: u8 = 2;
 /// `slow`: the owner through each of its slow paths, or another thread purging the heap while its
 /// owner is idle (`purge_idle_heaps`). The owner takes it without contention but for those rare
 /// purges; the fast paths never take it. Nothing may allocate while holding it: the allocation's
-/// own slow path would wait for it forever (`lock_slow` turns that into an abort with a message).
+/// own slow path would wait for it forever. `lock_slow` turns that into an abort with a message
+/// (except on the fallback heap, where such an allocation waits for the `FALLBACK` lock first).
 ///
 /// **Bins.** For each class `c` the heap has a stack of free blocks: pointers in a slot array
 /// (carved right after the heap by `new_heap`), `lows[c] <= tops[c] <= highs[c]`; the blocks are
@@ -1046,10 +1047,11 @@ fn purge_idle_heaps(me: &Heap) {
             // Checked again under the lock: the owner may have purged it meanwhile.
             if overdue(heap) {
                 purge(heap, false);
-                if heap.dirty_bytes.get() == 0 {
-                    // Nothing left to purge: `purge` re-armed the heap only to bring the arena's
-                    // purge along, which `me`, a running thread, does instead.
-                    heap.purge_deadline.store(0, Ordering::Relaxed);
+                // Nothing left to purge: if `purge` re-armed the heap, it was only to bring the
+                // arena's purge along, which `me`, a running thread, does instead.
+                if heap.dirty_bytes.get() == 0
+                    && heap.purge_deadline.swap(0, Ordering::Relaxed) != 0
+                {
                     arm_purge(me);
                 }
                 #[cfg(test)]
@@ -1748,9 +1750,18 @@ mod tests {
     fn an_allocation_under_the_owners_slow_lock_aborts_instead_of_hanging() {
         // SAFETY: the child only allocates and exits; the parent waits for it.
         unsafe {
+            let mut fds = [0; 2];
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
             let pid = libc::fork();
             assert!(pid >= 0);
             if pid == 0 {
+                // No core file for the expected abort; its message goes to the parent.
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::dup2(fds[1], 2);
                 let heap = current_live().expect("a heap");
                 let _slow = lock_slow(heap);
                 // More blocks than a bin holds: one of them takes the slow path.
@@ -1770,10 +1781,61 @@ mod tests {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+            libc::close(fds[1]);
+            let mut buf = [0u8; 256];
+            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fds[0]);
+            let said = String::from_utf8_lossy(&buf[..n.max(0) as usize]);
             assert!(
                 libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
-                "the child did not abort: status {status:#x}"
+                "the child did not abort: status {status:#x}, stderr {said:?}"
+            );
+            assert!(
+                said.contains("allocation inside the allocator's own slow path"),
+                "the child aborted for another reason: {said:?}"
             );
         }
+    }
+
+    /// An owner whose slow path finds its `slow` lock held by another thread (a purge of its
+    /// heap) waits until that thread lets go, instead of working on its pages beside it.
+    #[test]
+    fn an_owner_waits_for_a_foreign_purge_of_its_heap() {
+        let (heap_tx, heap_rx) = std::sync::mpsc::channel::<usize>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let owner = std::thread::spawn(move || {
+            heap_tx
+                .send(current_live().expect("a heap") as *const Heap as usize)
+                .unwrap();
+            go_rx.recv().unwrap();
+            // More blocks than the bin of this class holds (2): a refill, under `slow`.
+            let blocks: Vec<*mut u8> = (0..4).map(|_| alloc(100_000, 8)).collect();
+            let done = std::time::Instant::now();
+            for p in blocks {
+                assert!(!p.is_null());
+                // SAFETY: allocated just above with this size.
+                unsafe { free(p, 100_000, 8) };
+            }
+            done
+        });
+        // SAFETY: heaps live forever.
+        let heap = unsafe { &*(heap_rx.recv().unwrap() as *const Heap) };
+        // The owner waits on the channel, outside any slow path; another test's scan may be
+        // purging its heap (an adopted orphan may come with a purge due) for a moment.
+        let purge = loop {
+            if let Some(g) = heap.slow.try_lock() {
+                break g;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        go_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let released = std::time::Instant::now();
+        drop(purge);
+        let done = owner.join().unwrap();
+        assert!(
+            done >= released,
+            "the owner refilled its bin while another thread held its heap's lock"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod atomic {
 }
 
 use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -53,7 +54,10 @@ impl<T> SpinLock<T> {
                 }
             }
         }
-        SpinGuard { lock: self }
+        SpinGuard {
+            lock: self,
+            _not_send_or_sync: PhantomData,
+        }
     }
 
     /// Takes the lock if nobody holds it, without waiting.
@@ -65,7 +69,10 @@ impl<T> SpinLock<T> {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            Some(SpinGuard { lock: self })
+            Some(SpinGuard {
+                lock: self,
+                _not_send_or_sync: PhantomData,
+            })
         } else {
             None
         }
@@ -85,9 +92,15 @@ impl<T> SpinLock<T> {
     }
 }
 
+/// Proof that the lock is held. Like std's `MutexGuard` it stays on its thread, and is shared
+/// across threads only when `T` itself is `Sync` (the automatic impl would ask only `T: Send`).
 pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
+    _not_send_or_sync: PhantomData<*const ()>,
 }
+
+// SAFETY: a shared guard hands out only `&T`, which other threads may hold when `T: Sync`.
+unsafe impl<T: Sync> Sync for SpinGuard<'_, T> {}
 
 impl<T> Deref for SpinGuard<'_, T> {
     type Target = T;
