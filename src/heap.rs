@@ -1034,12 +1034,9 @@ fn purge_idle_heaps(me: &Heap) {
         let deadline = h.purge_deadline.load(Ordering::Relaxed);
         h.thread_owned.load(Ordering::Relaxed) && deadline != 0 && now >= deadline + PURGE_DELAY_MS
     };
-    // The list is walked without the registry lock: a heap's `next_all` is written once, before
-    // the heap is published as the head under the lock this read of the head acquires.
-    let mut h = REGISTRY.lock().all;
-    // SAFETY: registered heaps live forever (see above for `next_all`).
-    while let Some(heap) = unsafe { h.as_ref() } {
-        h = heap.next_all.get();
+    // The list is walked without the registry lock (see `heaps_from`).
+    let first = REGISTRY.lock().all;
+    for heap in heaps_from(first) {
         if ptr::eq(heap, me) || !overdue(heap) {
             continue;
         }
@@ -1151,14 +1148,21 @@ unsafe impl Send for Registry {}
 impl Registry {
     /// Every heap ever made, live or orphaned.
     fn heaps(&self) -> impl Iterator<Item = &'static Heap> {
-        let mut h = self.all;
-        core::iter::from_fn(move || {
-            // SAFETY: registered heaps live forever; `next_all` is set once, under the lock.
-            let heap = unsafe { h.as_ref() }?;
-            h = heap.next_all.get();
-            Some(heap)
-        })
+        heaps_from(self.all)
     }
+}
+
+/// The registered heaps from `first` (a value `Registry::all` had) to the oldest. Needs no lock:
+/// a heap's `next_all` is written once, before the heap becomes the head under the registry lock,
+/// and a caller that read that head under the lock sees it.
+fn heaps_from(first: *mut Heap) -> impl Iterator<Item = &'static Heap> {
+    let mut h = first;
+    core::iter::from_fn(move || {
+        // SAFETY: registered heaps live forever; `next_all` as above.
+        let heap = unsafe { h.as_ref() }?;
+        h = heap.next_all.get();
+        Some(heap)
+    })
 }
 
 static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
