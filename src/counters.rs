@@ -331,11 +331,15 @@ impl ThreadCounters {
     /// Whether the memory limit admits `bytes` more now. Checked before the memory is obtained,
     /// so that a refused or failed request changes no figure. Only a request that would make the
     /// thread publish is checked (see the module docs for the slack this gives).
+    #[inline]
     pub fn admits(&self, bytes: usize) -> bool {
         let limit = LIMIT.load(Relaxed);
-        if !cfg!(feature = "stats") || limit == u64::MAX {
-            return true;
-        }
+        !cfg!(feature = "stats") || limit == u64::MAX || self.admits_under(limit, bytes)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admits_under(&self, limit: u64, bytes: usize) -> bool {
         let unpublished = (self.net() - self.published.get()).saturating_add(bytes as i64);
         unpublished <= PUBLISH_THRESHOLD
             || LIVE.load(Relaxed).saturating_add(unpublished) <= limit as i64

@@ -337,7 +337,52 @@ unsafe fn free_general(p: *mut u8, size: usize, align: usize) {
 ///
 /// # Safety
 /// As for `free`, and `new_size` is non-zero and does not overflow `isize` when rounded to `align`.
+#[inline]
 pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut u8 {
+    // The common case, a small block moving to another table class (a `String` or `Vec` growing),
+    // without the general path's frame: a pop, a copy and a push.
+    if size_class::is_table_size(old, align) && size_class::is_table_size(new, align) {
+        let (old_class, new_class) = (size_class::table_class(old), size_class::table_class(new));
+        let heap = current();
+        if old_class != new_class && heap.is_live() {
+            if !heap.counters.admits(new.saturating_sub(old)) {
+                return ptr::null_mut();
+            }
+            let q = alloc_small(heap, new_class, new);
+            if q.is_null() {
+                return q;
+            }
+            // SAFETY: both blocks are live and distinct; each holds at least min(old, new) bytes;
+            // `p` is a block of `old_class` that the caller gives up (forwarded promise), and
+            // `heap` is still this thread's heap (a live heap stays so).
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, old.min(new));
+                free_small(heap, p.cast(), old_class, old);
+            }
+            count_moved(heap);
+            return q;
+        }
+    }
+    // SAFETY: forwarded caller promise.
+    unsafe { realloc_general(p, old, align, new) }
+}
+
+/// Counts a move (an allocation, a copy and a free) as one realloc, not as an allocation and a
+/// deallocation.
+#[inline]
+fn count_moved(heap: &Heap) {
+    if heap.is_live() && cfg!(feature = "stats") {
+        let c = &heap.counters;
+        c.reallocs.add(1);
+        c.realloc_allocs.add(1);
+        c.realloc_frees.add(1);
+    }
+}
+
+/// # Safety
+/// As for `realloc`.
+#[inline(never)]
+unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *mut u8 {
     let old_class = size_class::class_of(old, align);
     let new_class = size_class::class_of(new, align);
     let heap = current();
@@ -377,13 +422,7 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
         ptr::copy_nonoverlapping(p, q, old.min(new));
         free(p, old, align);
     }
-    let heap = current();
-    if heap.is_live() && cfg!(feature = "stats") {
-        let c = &heap.counters;
-        c.reallocs.add(1);
-        c.realloc_allocs.add(1);
-        c.realloc_frees.add(1);
-    }
+    count_moved(current());
     q
 }
 
