@@ -3,14 +3,16 @@
 # Runs each allocator at two iteration counts and divides the difference, which cancels start-up.
 # The last column subtracts the `noop` allocator's count: the loop and the two calls, not the
 # allocator's own work.
-# Usage: benches/callgrind.sh [size]   (default 64)
+# Usage: benches/callgrind.sh [size] [grow]   (default 64; with `grow`, each round is an alloc of
+# `size`, a realloc to twice that and a free, as a growing `String` or `Vec` makes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-64}
+mode=${2:-}
 cargo build --release --example pair_loop -q
 bin=target/release/examples/pair_loop
 count() {
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$size" "$2" 2>&1 |
+  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$size" "$2" $mode 2>&1 |
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 per_pair() {
@@ -19,7 +21,9 @@ per_pair() {
   echo "$lo $hi" | awk '{ printf "%.1f", ($2 - $1) / 1000000 }'
 }
 harness=$(per_pair noop)
-printf '%-10s %-28s %s\n' allocator "instructions per $size-byte pair" "without the harness ($harness)"
+what="$size-byte pair"
+[ -n "$mode" ] && what="$size-byte round"
+printf '%-10s %-28s %s\n' allocator "instructions per $what" "without the harness ($harness)"
 for a in perfalloc mimalloc jemalloc system; do
   n=$(per_pair "$a")
   printf '%-10s %-28s %s\n' "$a" "$n" "$(echo "$n $harness" | awk '{ printf "%.1f", $1 - $2 }')"

@@ -1,10 +1,12 @@
 //! An alloc+free loop for counting instructions per pair with callgrind (see `benches/callgrind.sh`).
 //!
-//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size> <iterations>`: each allocator is
+//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size> <iterations> [grow]`: each allocator is
 //! called through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the
 //! global one. `noop` hands out one static buffer and frees nothing: what it counts is the loop and
 //! the calls themselves, to subtract from the others. It prints the time a pair took, which
-//! `benches/pair_time.sh` compares across builds (with and without statistics).
+//! `benches/pair_time.sh` compares across builds (with and without statistics). With `grow`, each
+//! round allocates `size` bytes, reallocates them to twice that (a `String` or `Vec` growing) and
+//! frees the result.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
@@ -37,6 +39,10 @@ unsafe impl GlobalAlloc for Noop {
     unsafe fn dealloc(&self, p: *mut u8, _: Layout) {
         NOOP_FREE.store(p, Relaxed);
     }
+    unsafe fn realloc(&self, p: *mut u8, _: Layout, _: usize) -> *mut u8 {
+        // The one block is large enough for any size `main` lets `noop` take.
+        p
+    }
 }
 
 #[inline(never)]
@@ -49,6 +55,33 @@ fn pairs<A: GlobalAlloc>(a: &A, layout: Layout, n: u64) {
             shim_dealloc(a, black_box(p), size, align);
         }
     }
+}
+
+#[inline(never)]
+fn grows<A: GlobalAlloc>(a: &A, layout: Layout, n: u64) {
+    for _ in 0..n {
+        let (size, align) = black_box((layout.size(), layout.align()));
+        // SAFETY: a valid non-zero layout; the block is reallocated and freed with the sizes it has.
+        unsafe {
+            let p = shim_alloc(a, size, align);
+            let q = shim_realloc(a, black_box(p), size, align, 2 * size);
+            shim_dealloc(a, black_box(q), 2 * size, align);
+        }
+    }
+}
+
+/// # Safety
+/// `p` came from `shim_alloc` with this `size` and `align`; `new` is non-zero.
+#[inline(never)]
+unsafe fn shim_realloc<A: GlobalAlloc>(
+    a: &A,
+    p: *mut u8,
+    size: usize,
+    align: usize,
+    new: usize,
+) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe { a.realloc(p, Layout::from_size_align_unchecked(size, align), new) }
 }
 
 // The shims take what `__rust_alloc(size, align)` and `__rust_dealloc(ptr, size, align)` take, in
@@ -83,15 +116,33 @@ fn main() {
         which != "noop" || size <= NOOP_BUF_SIZE,
         "noop serves up to {NOOP_BUF_SIZE} bytes"
     );
+    let grow = args.get(4).map(String::as_str) == Some("grow");
+    assert!(
+        which != "noop" || !grow || 2 * size <= NOOP_BUF_SIZE,
+        "noop serves up to {NOOP_BUF_SIZE} bytes"
+    );
+    fn run<A: GlobalAlloc>(a: &A, layout: Layout, n: u64, grow: bool) {
+        if grow {
+            grows(a, layout, n)
+        } else {
+            pairs(a, layout, n)
+        }
+    }
     let start = std::time::Instant::now();
     match which {
-        "perfalloc" => pairs(&PERF, layout, n),
-        "system" => pairs(&System, layout, n),
-        "mimalloc" => pairs(&MI, layout, n),
-        "jemalloc" => pairs(&JE, layout, n),
-        "noop" => pairs(&Noop, layout, n),
+        "perfalloc" => run(&PERF, layout, n, grow),
+        "system" => run(&System, layout, n, grow),
+        "mimalloc" => run(&MI, layout, n, grow),
+        "jemalloc" => run(&JE, layout, n, grow),
+        "noop" => run(&Noop, layout, n, grow),
         other => panic!("unknown allocator {other}"),
     }
     let ns = start.elapsed().as_secs_f64() * 1e9 / n as f64;
-    println!("{which} {size} B: {n} pairs, {ns:.3} ns a pair");
+    if grow {
+        println!(
+            "{which} {size} B: {n} rounds (alloc, realloc to twice, free), {ns:.3} ns a round"
+        );
+    } else {
+        println!("{which} {size} B: {n} pairs, {ns:.3} ns a pair");
+    }
 }
