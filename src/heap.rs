@@ -345,9 +345,7 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
         let (old_class, new_class) = (size_class::table_class(old), size_class::table_class(new));
         let heap = current();
         if old_class != new_class && heap.is_live() {
-            if !heap.counters.admits(new.saturating_sub(old)) {
-                return ptr::null_mut();
-            }
+            // The memory limit is checked by the allocation, as for any small one.
             let q = alloc_small(heap, new_class, new);
             if q.is_null() {
                 return q;

@@ -236,6 +236,32 @@ fn limit_makes_try_reserve_fail_and_recovers() {
     assert!(x.try_reserve(256 << 20).is_ok());
 }
 
+/// A small block growing into another class under the limit is refused like any allocation, and
+/// keeps its contents; without the limit it grows.
+fn limit_refuses_a_small_realloc_and_keeps_the_block() {
+    std::thread::spawn(|| {
+        let mut vs: Vec<Vec<u8>> = (0..400).map(|i| vec![i as u8; 1024]).collect();
+        perfalloc::set_limit(Some(1));
+        // Each growth (1 KiB -> 2 KiB, a move between two table classes) goes through until one
+        // would publish past the limit.
+        let refused = vs
+            .iter_mut()
+            .position(|v| v.try_reserve_exact(2048 - 1024).is_err());
+        perfalloc::set_limit(None);
+        let i = refused.expect("the limit refused no realloc");
+        let v = &mut vs[i];
+        assert_eq!(v.capacity(), 1024, "a refused realloc moved the block");
+        assert!(
+            v.iter().all(|&b| b == i as u8),
+            "a refused realloc lost the contents"
+        );
+        assert!(v.try_reserve_exact(2048 - 1024).is_ok());
+        assert!(v.iter().all(|&b| b == i as u8));
+    })
+    .join()
+    .unwrap();
+}
+
 fn report_and_serde_round_trip() {
     let keep: Vec<Box<[u8; 200]>> = (0..100).map(|_| Box::new([0; 200])).collect();
     let s = stats();
@@ -547,6 +573,10 @@ fn main() {
         (
             "limit_makes_try_reserve_fail_and_recovers",
             limit_makes_try_reserve_fail_and_recovers,
+        ),
+        (
+            "limit_refuses_a_small_realloc_and_keeps_the_block",
+            limit_refuses_a_small_realloc_and_keeps_the_block,
         ),
         ("report_and_serde_round_trip", report_and_serde_round_trip),
         (
