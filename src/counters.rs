@@ -30,6 +30,7 @@
 //! not, as with any counter read while it moves.
 
 use crate::size_class::CLASSES;
+use crate::sync::Backoff;
 use core::cell::Cell;
 use core::sync::atomic::{
     fence, AtomicI64, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -242,7 +243,8 @@ impl ThreadCounters {
     /// `(allocated, net)` as any thread may read them: retried while the owner is inside a slow
     /// path's update, so that `lo` and `room` come from the same one.
     pub fn read(&self) -> (u64, i64) {
-        let mut spins = 0u32;
+        // A reader that keeps finding the update open waits for an owner preempted inside it.
+        let mut backoff = Backoff::new();
         loop {
             let e = self.epoch.load(Acquire);
             if e & 1 == 0 {
@@ -253,14 +255,7 @@ impl ThreadCounters {
                     return (allocated, net);
                 }
             }
-            spins += 1;
-            if spins % 64 == 0 {
-                // The owner was preempted inside its update: let it run.
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
-            } else {
-                core::hint::spin_loop();
-            }
+            backoff.snooze();
         }
     }
 

@@ -1401,6 +1401,7 @@ extern "C" fn fork_child() {
         heap.counters.after_fork();
     }
 }
+
 extern "C" fn fork_parent() {
     extent::unlock_after_fork();
     segment::unlock_after_fork();
@@ -1701,6 +1702,7 @@ mod tests {
         .join()
         .unwrap();
     }
+
     /// Threads that sleep past their purge while holding blocks, their heaps purged meanwhile by
     /// the threads that keep working, then wake and go on: every block keeps its contents, and
     /// foreign purges did happen.

@@ -17,6 +17,30 @@ use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
+/// How a thread waits for another to finish something short (release a lock, end an update):
+/// spin a little, then give the processor away, since on 2 cores a spinning waiter can starve the
+/// thread it waits for.
+pub struct Backoff {
+    spins: u32,
+}
+
+impl Backoff {
+    pub const fn new() -> Self {
+        Backoff { spins: 0 }
+    }
+
+    /// Waits a moment: a spin hint for the first 64 calls, then a `sched_yield` each.
+    pub fn snooze(&mut self) {
+        if self.spins < 64 {
+            self.spins += 1;
+            core::hint::spin_loop();
+        } else {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
 /// Invariant: `locked` is true exactly while one `SpinGuard` for this lock exists.
 pub struct SpinLock<T> {
     locked: AtomicBool,
@@ -37,23 +61,21 @@ impl<T> SpinLock<T> {
     }
 
     pub fn lock(&self) -> SpinGuard<'_, T> {
-        let mut spins = 0u32;
+        let mut backoff = Backoff::new();
         while self
             .locked
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             while self.locked.load(Ordering::Relaxed) {
-                spins += 1;
-                if spins < 64 {
-                    core::hint::spin_loop();
-                } else {
-                    // On 2 cores a spinning waiter can starve the holder; let it run.
-                    // SAFETY: sched_yield has no preconditions.
-                    unsafe { libc::sched_yield() };
-                }
+                backoff.snooze();
             }
         }
+        self.guard()
+    }
+
+    /// The guard of a lock just taken (only then: dropping it releases the lock).
+    fn guard(&self) -> SpinGuard<'_, T> {
         SpinGuard {
             lock: self,
             _not_send_or_sync: PhantomData,
@@ -69,10 +91,7 @@ impl<T> SpinLock<T> {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            Some(SpinGuard {
-                lock: self,
-                _not_send_or_sync: PhantomData,
-            })
+            Some(self.guard())
         } else {
             None
         }
