@@ -6,7 +6,9 @@
 //! one size class at a time, and `(addr - segment) >> page_shift` finds its `Page` in O(1).
 //!
 //! Small pages keep returned blocks on an intrusive list (`free`) and carve fresh blocks lazily
-//! (`bump`), so untouched memory is never faulted in. Medium pages (blocks of 10-128 KiB, at most 64
+//! (`bump`), so untouched memory is never faulted in. A list that comes back scrambled (blocks
+//! freed in random address order, as when a map is dropped) is sorted when blocks are taken from
+//! it, so that consecutive allocations get neighbouring blocks again. Medium pages (blocks of 10-128 KiB, at most 64
 //! per page) keep a bitmap instead: no link word lives inside a free block, so the whole OS pages
 //! inside every free block can be handed back to the OS (`purge_free_blocks`) while neighbours are
 //! still live.
@@ -74,6 +76,9 @@ pub struct Page {
     /// Nothing was taken from the page since the last purge pass: its free memory is not in steady
     /// reuse, and the next timed pass may release it.
     pub idle: bool,
+    /// Small: blocks taken since the free list was last sorted whole; a sort of `k` list blocks
+    /// waits until this reaches `k`, so sorting costs at most one step per block handed out.
+    pub sort_credit: u32,
     pub free_mask: u64,
     pub purged_mask: u64,
     /// Medium: blocks that were free at the last purge pass (bits of blocks freed since are clear).
@@ -98,8 +103,9 @@ impl Page {
 
     /// Takes up to `max` blocks into `dst[..n]` and returns `(n, bytes that were counted as dirty and
     /// are in use again)`. The block to hand out first is written last (bins pop from the end): on a
-    /// small page, the head of the free list, which was freed most recently, then fresh blocks in
-    /// address order; on a medium page, the free block with the highest index.
+    /// small page, the head of the free list, which was freed most recently (or, if the list is
+    /// scrambled, its lowest blocks in address order: see `sort`), then fresh blocks in address
+    /// order; on a medium page, the free block with the highest index.
     ///
     /// # Safety
     /// The page is in use and owned by the calling thread's heap; `dst` has room for `max` pointers.
@@ -140,9 +146,11 @@ impl Page {
                 n += 1;
             }
             self.bump += fresh;
-            // Then the free list, so that its head (the most recently freed block) comes out first.
+            // Then the free list, so that its head comes out first: the most recently freed block,
+            // unless the list was scrambled and is sorted below.
             let listed = max.min(on_list);
             n += listed;
+            let (mut ups, mut prev) = (0, 0);
             for i in 1..=listed {
                 let b = self.free;
                 // SAFETY: the list holds `on_list >= listed` blocks (struct invariant), each with a
@@ -151,10 +159,87 @@ impl Page {
                     self.free = (*b).next;
                     *dst.add((n - i) as usize) = b;
                 }
+                ups += (b as usize > prev) as u32;
+                prev = b as usize;
             }
+            // Scrambled: neither mostly ascending nor mostly descending (a handful is not worth it).
+            if listed >= 8 && ups.min(listed - ups) > listed / 8 {
+                let rest = on_list - listed;
+                let rest = if self.sort_credit >= rest { rest } else { 0 };
+                if rest > 0 {
+                    self.sort_credit = 0;
+                }
+                // SAFETY: `dst[n - listed..n]` holds the `listed` blocks just taken; the list holds
+                // `rest <= on_list - listed` more.
+                unsafe { self.sort(dst.add((n - listed) as usize), listed, rest) };
+            }
+            self.sort_credit = self.sort_credit.saturating_add(n);
         }
         self.used += n;
         (n, redirtied)
+    }
+
+    /// Puts free blocks of this small page in address order: `blocks[..len]`, just taken for a
+    /// bin, highest address first (bins pop from the end, so they come out lowest first), and with
+    /// `rest > 0`, the first `rest` blocks of the free list too, the lowest of all going to
+    /// `blocks` and the others relinked in ascending order.
+    ///
+    /// A free list comes back in the order its blocks were freed, which after a data structure is
+    /// dropped is random in address: blocks handed out one after another then share no cache line,
+    /// where on a fresh page they would be neighbours. A bitmap with a bit per 8 bytes of the page
+    /// sorts them in one pass.
+    ///
+    /// # Safety
+    /// `blocks[..len]` are distinct free blocks of this page, not on its list, and the list holds at
+    /// least `rest` blocks.
+    unsafe fn sort(&mut self, blocks: *mut *mut Block, len: u32, rest: u32) {
+        let mut bits = [0u64; (1 << SMALL_PAGE_SHIFT) / 8 / 64];
+        let (mut lo, mut hi) = (bits.len(), 0);
+        let start = self.start as usize;
+        let mut mark = |b: *mut Block| {
+            let off = (b as usize - start) >> 3;
+            bits[off / 64] |= 1 << (off % 64);
+            lo = lo.min(off / 64);
+            hi = hi.max(off / 64);
+        };
+        for i in 0..len as usize {
+            // SAFETY: `i < len` (caller promise).
+            mark(unsafe { *blocks.add(i) });
+        }
+        let mut b = self.free;
+        for _ in 0..rest {
+            mark(b);
+            // SAFETY: the list holds at least `rest` blocks (caller promise), each with a valid link.
+            b = unsafe { (*b).next };
+        }
+        let after = b; // the unsorted remainder of the list, if any
+        let (mut k, mut head, mut tail) = (len as usize, after, ptr::null_mut::<Block>());
+        for (w, &word) in bits.iter().enumerate().take(hi + 1).skip(lo) {
+            let mut m = word;
+            while m != 0 {
+                let off = w * 64 + m.trailing_zeros() as usize;
+                let b: *mut Block = self.start.wrapping_add(off << 3).cast();
+                m &= m - 1;
+                if k > 0 {
+                    k -= 1;
+                    // SAFETY: one bit was set per block, so the first `len` fill `blocks[..len]`.
+                    unsafe { *blocks.add(k) = b };
+                } else {
+                    if tail.is_null() {
+                        head = b;
+                    } else {
+                        // SAFETY: `tail` is a free block of this page, relinked here.
+                        unsafe { (*tail).next = b };
+                    }
+                    tail = b;
+                }
+            }
+        }
+        if !tail.is_null() {
+            // SAFETY: as above.
+            unsafe { (*tail).next = after };
+            self.free = head;
+        }
     }
 
     /// Blocks on a small page's free list (`bump - used` by the struct invariant).
@@ -319,6 +404,7 @@ impl Segment {
             in_queue: false,
             empty_dirty: false,
             idle: false,
+            sort_credit: 0,
             free_mask: 0,
             purged_mask: 0,
             stale_mask: 0,
