@@ -55,7 +55,7 @@ use crate::os;
 use crate::remote::RemoteList;
 use crate::segment::{self, Block, Page, Segment, MEDIUM_PAGE_SHIFT, NO_CLASS, SMALL_PAGE_SHIFT};
 use crate::size_class::{self, CLASSES};
-use crate::sync::{SpinGuard, SpinLock};
+use crate::sync::{Backoff, SpinGuard, SpinLock};
 use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -1341,6 +1341,7 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 }
 
 fn ensure_key() -> bool {
+    let mut backoff = Backoff::new();
     loop {
         match KEY_STATE.load(Ordering::Acquire) {
             KEY_SET => return true,
@@ -1368,7 +1369,8 @@ fn ensure_key() -> bool {
                     KEY_STATE.store(if ok { KEY_SET } else { KEY_FAILED }, Ordering::Release);
                 }
             }
-            _ => core::hint::spin_loop(),
+            // Another thread is creating the key: on 2 cores, spinning could starve it.
+            _ => backoff.snooze(),
         }
     }
 }
