@@ -8,10 +8,10 @@
 //! Small pages keep returned blocks on an intrusive list (`free`) and carve fresh blocks lazily
 //! (`bump`), so untouched memory is never faulted in. A list that comes back scrambled (blocks
 //! freed in random address order, as when a map is dropped) is sorted when blocks are taken from
-//! it, so that consecutive allocations get neighbouring blocks again. Medium pages (blocks of 10-128 KiB, at most 64
-//! per page) keep a bitmap instead: no link word lives inside a free block, so the whole OS pages
-//! inside every free block can be handed back to the OS (`purge_free_blocks`) while neighbours are
-//! still live.
+//! it, so that consecutive allocations get neighbouring blocks again. Medium pages (blocks of
+//! 10-128 KiB, at most 64 per page) keep a bitmap instead: no link word lives inside a free block,
+//! so the whole OS pages inside every free block can be handed back to the OS
+//! (`purge_free_blocks`) while neighbours are still live.
 //!
 //! Ownership: a segment belongs to one heap (`heap`), and only the thread that owns that heap
 //! touches its pages. Other threads read `heap` (to route a remote free) only while they hold a live
@@ -76,8 +76,9 @@ pub struct Page {
     /// Nothing was taken from the page since the last purge pass: its free memory is not in steady
     /// reuse, and the next timed pass may release it.
     pub idle: bool,
-    /// Small: blocks taken since the free list was last sorted whole; a sort of `k` list blocks
-    /// waits until this reaches `k`, so sorting costs at most one step per block handed out.
+    /// Small: blocks taken since the free list was last sorted whole. A sort that walks `k` list
+    /// blocks waits until this reaches `k`, so whole-list sorts walk no more blocks than the page
+    /// hands out (a batch's own sort is paid for by the batch).
     pub sort_credit: u32,
     pub free_mask: u64,
     pub purged_mask: u64,
@@ -103,9 +104,10 @@ impl Page {
 
     /// Takes up to `max` blocks into `dst[..n]` and returns `(n, bytes that were counted as dirty and
     /// are in use again)`. The block to hand out first is written last (bins pop from the end): on a
-    /// small page, the head of the free list, which was freed most recently (or, if the list is
-    /// scrambled, its lowest blocks in address order: see `sort`), then fresh blocks in address
-    /// order; on a medium page, the free block with the highest index.
+    /// small page, the head of the free list, which was freed most recently (if the blocks taken
+    /// are scrambled, they are handed out in address order instead, and after a whole-list sort
+    /// they are the list's lowest: see `sort`), then fresh blocks in address order; on a medium
+    /// page, the free block with the highest index.
     ///
     /// # Safety
     /// The page is in use and owned by the calling thread's heap; `dst` has room for `max` pointers.
@@ -192,6 +194,7 @@ impl Page {
     /// # Safety
     /// `blocks[..len]` are distinct free blocks of this page, not on its list, and the list holds at
     /// least `rest` blocks.
+    #[inline(never)] // its 1 KiB bitmap would otherwise be in every refill's frame
     unsafe fn sort(&mut self, blocks: *mut *mut Block, len: u32, rest: u32) {
         let mut bits = [0u64; (1 << SMALL_PAGE_SHIFT) / 8 / 64];
         let (mut lo, mut hi) = (bits.len(), 0);
@@ -203,7 +206,7 @@ impl Page {
             hi = hi.max(off / 64);
         };
         for i in 0..len as usize {
-            // SAFETY: `i < len` (caller promise).
+            // SAFETY: `blocks[..len]` is readable (caller promise) and `i < len`.
             mark(unsafe { *blocks.add(i) });
         }
         let mut b = self.free;
@@ -222,7 +225,8 @@ impl Page {
                 m &= m - 1;
                 if k > 0 {
                     k -= 1;
-                    // SAFETY: one bit was set per block, so the first `len` fill `blocks[..len]`.
+                    // SAFETY: distinct blocks at least 8 bytes apart set `len + rest` bits, so the
+                    // first `len` fill `blocks[..len]` exactly.
                     unsafe { *blocks.add(k) = b };
                 } else {
                     if tail.is_null() {

@@ -12,7 +12,8 @@ static GLOBAL: perfalloc::PerfAlloc = perfalloc::PerfAlloc::new();
 fn blocks_freed_in_random_order_come_back_in_address_order() {
     const SIZE: usize = 48; // a class size, so that neighbours are exactly SIZE apart
     const N: usize = 6000; // about four and a half 64 KiB pages
-                           // A fresh thread: its heap holds no blocks of this class yet.
+
+    // A fresh thread: its heap holds no blocks of this class yet.
     std::thread::spawn(|| {
         let layout = Layout::from_size_align(SIZE, 8).unwrap();
         let mut rng = Rng(0x5eed);
