@@ -5,6 +5,8 @@ rounds, and prints median ratios measured side by side.
     python3 benches/compare.py --rounds 3          # timings, peak memory, release-to-OS
     python3 benches/compare.py --rounds 1 --only pair
     python3 benches/compare.py --stats-overhead --rounds 3   # perfalloc with vs without stats
+    python3 benches/compare.py --same-binary --rounds 5 --only realistic --skip-memory
+        # the four allocators in one binary (alloc_same), so the workloads' own code is identical
 
 A ratio is other allocator's time / perfalloc's time, per round, then the median over rounds:
 above 1.00 perfalloc is faster. Peak memory is the child's peak resident set per workload.
@@ -20,6 +22,9 @@ def bench(alloc, extra, env=None):
     features = []
     if alloc == "perfalloc-nostats":
         alloc, features = "perfalloc", ["--no-default-features"]
+    if alloc.startswith("same-"):
+        env = {**(env or {}), "ALLOC_SAME": alloc[len("same-"):]}
+        alloc = "same"
     cmd = ["cargo", "bench", "-q", "--bench", f"alloc_{alloc}"] + features + ["--"] + extra
     return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, check=True,
                           capture_output=True, text=True).stdout
@@ -49,11 +54,16 @@ def main():
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--stats-overhead", action="store_true",
                     help="compare perfalloc with and without the stats feature instead")
+    ap.add_argument("--same-binary", action="store_true",
+                    help="run all four allocators in the one binary alloc_same")
     args = ap.parse_args()
     global ALLOCS
     if args.stats_overhead:
         ALLOCS = ["perfalloc", "perfalloc-nostats"]
         args.skip_memory = True
+    if args.same_binary:
+        ALLOCS = ["same-" + a for a in ALLOCS]
+    base = ALLOCS[0]
     rounds = []
     for r in range(args.rounds):
         res = {}
@@ -67,17 +77,17 @@ def main():
             res[a] = estimates(a)
             print(f"round {r + 1}: {a} done", file=sys.stderr)
         rounds.append(res)
-    names = sorted(set(rounds[0]["perfalloc"]))
+    names = sorted(set(rounds[0][base]))
     if args.only:
         names = [n for n in names if re.search(args.only, n)]
-    print(f"\n| workload | perfalloc | " + " | ".join(f"vs {a}" for a in ALLOCS[1:])
+    print(f"\n| workload | {base} | " + " | ".join(f"vs {a}" for a in ALLOCS[1:])
           + f" |  ({args.rounds} rounds, median of per-round ratios)")
     print("|---|---|" + "---|" * (len(ALLOCS) - 1))
     for n in names:
-        perf = statistics.median(r["perfalloc"][n] for r in rounds)
+        perf = statistics.median(r[base][n] for r in rounds)
         cells = []
         for a in ALLOCS[1:]:
-            ratios = [r[a][n] / r["perfalloc"][n] for r in rounds if n in r[a]]
+            ratios = [r[a][n] / r[base][n] for r in rounds if n in r[a]]
             cells.append(f"{statistics.median(ratios):.2f}x" if ratios else "-")
         print(f"| {n} | {fmt_ns(perf)} | " + " | ".join(cells) + " |")
     if args.skip_memory:
