@@ -166,10 +166,12 @@ impl Page {
             }
             // Scrambled: neither mostly ascending nor mostly descending (a handful is not worth it).
             if listed >= 8 && ups.min(listed - ups) > listed / 8 {
-                let rest = on_list - listed;
-                let rest = if self.sort_credit >= rest { rest } else { 0 };
-                if rest > 0 {
+                // The rest of the list too, if the page has paid for walking it.
+                let mut rest = on_list - listed;
+                if rest > 0 && self.sort_credit >= rest {
                     self.sort_credit = 0;
+                } else {
+                    rest = 0;
                 }
                 // SAFETY: `dst[n - listed..n]` holds the `listed` blocks just taken; the list holds
                 // `rest <= on_list - listed` more.
