@@ -46,13 +46,15 @@ struct Same;
 
 macro_rules! dispatch {
     ($method:ident($($arg:expr),*)) => {
-        // SAFETY (each arm): forwarded caller promise; every block goes back to the allocator
-        // that gave it, since the choice never changes.
-        match chosen() {
-            1 => unsafe { PERF.$method($($arg),*) },
-            2 => unsafe { System.$method($($arg),*) },
-            3 => unsafe { MI.$method($($arg),*) },
-            _ => unsafe { JE.$method($($arg),*) },
+        // SAFETY: forwarded caller promise; every block goes back to the allocator that gave it,
+        // since the choice never changes.
+        unsafe {
+            match chosen() {
+                1 => PERF.$method($($arg),*),
+                2 => System.$method($($arg),*),
+                3 => MI.$method($($arg),*),
+                _ => JE.$method($($arg),*),
+            }
         }
     };
 }

@@ -17,15 +17,17 @@ fn blocks_freed_in_random_order_come_back_in_address_order() {
     std::thread::spawn(|| {
         let layout = Layout::from_size_align(SIZE, 8).unwrap();
         let mut rng = Rng(0x5eed);
-        // SAFETY (all blocks here): a valid non-zero layout; each block is freed once, with it.
+        // SAFETY: a valid non-zero layout; each block is freed once, with it, below.
         let mut blocks: Vec<*mut u8> = (0..N).map(|_| unsafe { alloc(layout) }).collect();
         assert!(blocks.iter().all(|p| !p.is_null()));
         for i in (1..N).rev() {
             blocks.swap(i, rng.index(i + 1));
         }
         for &p in &blocks {
+            // SAFETY: `p` came from `alloc(layout)` above and is freed once.
             unsafe { dealloc(p, layout) };
         }
+        // SAFETY: as above; these are freed below.
         let again: Vec<usize> = (0..N).map(|_| unsafe { alloc(layout) } as usize).collect();
         let next = again.windows(2).filter(|w| w[1] == w[0] + SIZE).count();
         let mut distinct = again.clone();
@@ -37,6 +39,7 @@ fn blocks_freed_in_random_order_come_back_in_address_order() {
             "blocks overlap"
         );
         for &p in &again {
+            // SAFETY: `p` came from `alloc(layout)` above and is freed once.
             unsafe { dealloc(p as *mut u8, layout) };
         }
         assert!(
