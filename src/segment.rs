@@ -548,3 +548,114 @@ pub unsafe fn release(seg: *mut Segment) {
     // SAFETY: `seg` is a non-null segment base returned by `map_aligned`, empty and unlinked.
     unsafe { os::unmap(NonNull::new_unchecked(seg.cast()), SEGMENT_SIZE) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// `take` on small pages whose free lists come in every order: no block is lost or handed
+    /// out twice, the list keeps its length and its end, and a shuffled list comes out sorted.
+    #[test]
+    fn take_keeps_every_block_once_and_sorts_shuffled_lists() {
+        let mut mem = vec![0u64; (1 << SMALL_PAGE_SHIFT) / 8];
+        let start = mem.as_mut_ptr().cast::<u8>();
+        let mut rng = Rng(0x7a4e);
+        let mut dst = [ptr::null_mut::<Block>(); 512];
+        let mut whole_sorts = 0;
+        for case in 0..3000 {
+            let class = rng.below(size_class::SMALL_CLASSES as u64) as usize;
+            let bs = size_class::block_size(class);
+            let capacity = ((1 << SMALL_PAGE_SHIFT) / bs) as u32;
+            let bump = rng.below(capacity as u64 + 1) as u32;
+            let block = |i: u32| start.wrapping_add(i as usize * bs).cast::<Block>();
+            let mut free: Vec<*mut Block> =
+                (0..bump).filter(|_| rng.below(4) != 0).map(block).collect();
+            let order = case % 3; // ascending, descending, shuffled
+            if order == 1 {
+                free.reverse();
+            } else if order == 2 {
+                for i in (1..free.len()).rev() {
+                    free.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            for (i, &b) in free.iter().enumerate() {
+                let next = free.get(i + 1).copied().unwrap_or(ptr::null_mut());
+                // SAFETY: `b` is a block inside `mem`, which nothing else uses.
+                unsafe { (*b).next = next };
+            }
+            let credit = rng.below(2 * capacity as u64) as u32;
+            let mut page = Page {
+                free: free.first().copied().unwrap_or(ptr::null_mut()),
+                used: bump - free.len() as u32,
+                bump,
+                capacity,
+                block_size: bs as u32,
+                class: class as u8,
+                in_queue: false,
+                empty_dirty: false,
+                idle: false,
+                sort_credit: credit,
+                free_mask: 0,
+                purged_mask: 0,
+                stale_mask: 0,
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                start,
+            };
+            let max = 1 + rng.below(dst.len() as u64) as u32;
+            // SAFETY: the page's list and blocks lie in `mem`; `dst` holds `max` pointers.
+            let (n, _) = unsafe { page.take(dst.as_mut_ptr(), max) };
+            let taken = &dst[..n as usize];
+            let mut list = Vec::new();
+            let mut b = page.free;
+            while !b.is_null() {
+                list.push(b);
+                // SAFETY: as above.
+                b = unsafe { (*b).next };
+            }
+            assert_eq!(list.len() as u32, page.bump - page.used, "case {case}");
+            let fresh: Vec<_> = (bump..page.bump).map(block).collect();
+            let before: HashSet<_> = free.iter().chain(&fresh).collect();
+            let after: HashSet<_> = taken.iter().chain(&list).collect();
+            assert_eq!(
+                taken.len() + list.len(),
+                free.len() + fresh.len(),
+                "case {case}"
+            );
+            assert_eq!(
+                before, after,
+                "case {case}: a block lost or handed out twice"
+            );
+            let listed = n as usize - fresh.len();
+            let from_list = &taken[fresh.len()..]; // popped from the end: the last comes first
+            if order == 2 && listed >= 32 {
+                assert!(from_list.windows(2).all(|w| w[0] > w[1]), "case {case}");
+                if list.len() > 1 && list.windows(2).all(|w| w[0] < w[1]) {
+                    whole_sorts += 1;
+                }
+            } else if order != 2 {
+                let expect: Vec<_> = free[..listed].iter().rev().copied().collect();
+                assert_eq!(
+                    from_list,
+                    &expect[..],
+                    "case {case}: an ordered list was reordered"
+                );
+            }
+        }
+        assert!(
+            whole_sorts > 50,
+            "only {whole_sorts} whole lists were sorted"
+        );
+    }
+}
