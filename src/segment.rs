@@ -93,6 +93,38 @@ pub struct Page {
 pub const NO_CLASS: u8 = u8::MAX;
 
 impl Page {
+    /// The record of a page of `page_size` bytes at `start` that now serves `class`, with every
+    /// block free: carved lazily on a small page, all in the bitmap on a medium one.
+    fn fresh(start: *mut u8, page_size: usize, class: usize) -> Page {
+        let bs = size_class::block_size(class);
+        let capacity = (page_size / bs) as u32;
+        let mut page = Page {
+            free: ptr::null_mut(),
+            used: 0,
+            bump: 0,
+            capacity,
+            block_size: bs as u32,
+            class: class as u8,
+            in_queue: false,
+            empty_dirty: false,
+            idle: false,
+            sort_credit: 0,
+            free_mask: 0,
+            purged_mask: 0,
+            stale_mask: 0,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            start,
+        };
+        if size_class::is_medium(class) {
+            page.bump = capacity;
+            page.free_mask = low_bits(capacity);
+            // Free pages are fresh or purged: nothing to purge until blocks are used.
+            page.purged_mask = page.free_mask;
+        }
+        page
+    }
+
     /// Whether the page can hand out at least one block.
     pub fn has_free(&self) -> bool {
         !self.free.is_null() || self.bump < self.capacity || self.free_mask != 0
@@ -397,33 +429,8 @@ impl Segment {
         self.free_pages &= !(1u64 << idx);
         let page_size = self.page_size();
         let start = (self as *mut Segment as usize + idx * page_size) as *mut u8;
-        let bs = size_class::block_size(class);
-        let capacity = (page_size / bs) as u32;
         let page = &mut self.pages[idx];
-        *page = Page {
-            free: ptr::null_mut(),
-            used: 0,
-            bump: 0,
-            capacity,
-            block_size: bs as u32,
-            class: class as u8,
-            in_queue: false,
-            empty_dirty: false,
-            idle: false,
-            sort_credit: 0,
-            free_mask: 0,
-            purged_mask: 0,
-            stale_mask: 0,
-            next: ptr::null_mut(),
-            prev: ptr::null_mut(),
-            start,
-        };
-        if size_class::is_medium(class) {
-            page.bump = capacity;
-            page.free_mask = low_bits(capacity);
-            // Free pages are fresh or purged: nothing to purge until blocks are used.
-            page.purged_mask = page.free_mask;
-        }
+        *page = Page::fresh(start, page_size, class);
         Some(page)
     }
 
@@ -594,25 +601,11 @@ mod tests {
                 // SAFETY: `b` is a block inside `mem`, which nothing else uses.
                 unsafe { (*b).next = next };
             }
-            let credit = rng.below(2 * capacity as u64) as u32;
-            let mut page = Page {
-                free: free.first().copied().unwrap_or(ptr::null_mut()),
-                used: bump - free.len() as u32,
-                bump,
-                capacity,
-                block_size: bs as u32,
-                class: class as u8,
-                in_queue: false,
-                empty_dirty: false,
-                idle: false,
-                sort_credit: credit,
-                free_mask: 0,
-                purged_mask: 0,
-                stale_mask: 0,
-                next: ptr::null_mut(),
-                prev: ptr::null_mut(),
-                start,
-            };
+            let mut page = Page::fresh(start, 1 << SMALL_PAGE_SHIFT, class);
+            page.free = free.first().copied().unwrap_or(ptr::null_mut());
+            page.used = bump - free.len() as u32;
+            page.bump = bump;
+            page.sort_credit = rng.below(2 * capacity as u64) as u32;
             let max = 1 + rng.below(dst.len() as u64) as u32;
             // SAFETY: the page's list and blocks lie in `mem`; `dst` holds `max` pointers.
             let (n, _) = unsafe { page.take(dst.as_mut_ptr(), max) };
