@@ -199,15 +199,13 @@ impl Page {
             // Scrambled: neither mostly ascending nor mostly descending (a handful is not worth it).
             if listed >= 8 && ups.min(listed - ups) > listed / 8 {
                 // The rest of the list too, if the page has paid for walking it.
-                let mut rest = on_list - listed;
-                if rest > 0 && self.sort_credit >= rest {
+                let rest = on_list - listed;
+                let whole = rest > 0 && self.sort_credit >= rest;
+                if whole {
                     self.sort_credit = 0;
-                } else {
-                    rest = 0;
                 }
-                // SAFETY: `dst[n - listed..n]` holds the `listed` blocks just taken; the list holds
-                // `rest <= on_list - listed` more.
-                unsafe { self.sort(dst.add((n - listed) as usize), listed, rest) };
+                // SAFETY: `dst[n - listed..n]` holds the `listed` blocks just taken, off the list.
+                unsafe { self.sort(dst.add((n - listed) as usize), listed, whole) };
             }
             self.sort_credit = self.sort_credit.saturating_add(n);
         }
@@ -216,9 +214,9 @@ impl Page {
     }
 
     /// Puts free blocks of this small page in address order: `blocks[..len]`, just taken for a
-    /// bin, highest address first (bins pop from the end, so they come out lowest first), and with
-    /// `rest > 0`, the first `rest` blocks of the free list too, the lowest of all going to
-    /// `blocks` and the others relinked in ascending order.
+    /// bin, highest address first (bins pop from the end, so they come out lowest first), and if
+    /// `whole`, the free list too, the lowest of all going to `blocks` and the others relinked in
+    /// ascending order.
     ///
     /// A free list comes back in the order its blocks were freed, which after a data structure is
     /// dropped is random in address: blocks handed out one after another then share no cache line,
@@ -226,10 +224,9 @@ impl Page {
     /// sorts them in one pass.
     ///
     /// # Safety
-    /// `blocks[..len]` are distinct free blocks of this page, not on its list, and the list holds at
-    /// least `rest` blocks.
+    /// `blocks[..len]` are distinct free blocks of this page, not on its list.
     #[inline(never)] // its 1 KiB bitmap would otherwise be in every refill's frame
-    unsafe fn sort(&mut self, blocks: *mut *mut Block, len: u32, rest: u32) {
+    unsafe fn sort(&mut self, blocks: *mut *mut Block, len: u32, whole: bool) {
         let mut bits = [0u64; (1 << SMALL_PAGE_SHIFT) / 8 / 64];
         let (mut lo, mut hi) = (bits.len(), 0);
         let start = self.start as usize;
@@ -243,14 +240,13 @@ impl Page {
             // SAFETY: `blocks[..len]` is readable (caller promise) and `i < len`.
             mark(unsafe { *blocks.add(i) });
         }
-        let mut b = self.free;
-        for _ in 0..rest {
+        let mut b = if whole { self.free } else { ptr::null_mut() };
+        while !b.is_null() {
             mark(b);
-            // SAFETY: the list holds at least `rest` blocks (caller promise), each with a valid link.
+            // SAFETY: `b` is on the page's list, whose links are valid and end in null.
             b = unsafe { (*b).next };
         }
-        let after = b; // the unsorted remainder of the list, if any
-        let (mut k, mut head, mut tail) = (len as usize, after, ptr::null_mut::<Block>());
+        let (mut k, mut head, mut tail) = (len as usize, ptr::null_mut(), ptr::null_mut::<Block>());
         for (w, &word) in bits.iter().enumerate().take(hi + 1).skip(lo) {
             let mut m = word;
             while m != 0 {
@@ -259,8 +255,8 @@ impl Page {
                 m &= m - 1;
                 if k > 0 {
                     k -= 1;
-                    // SAFETY: distinct blocks at least 8 bytes apart set `len + rest` bits, so the
-                    // first `len` fill `blocks[..len]` exactly.
+                    // SAFETY: distinct blocks at least 8 bytes apart set one bit each, so the first
+                    // `len` fill `blocks[..len]` exactly.
                     unsafe { *blocks.add(k) = b };
                 } else {
                     if tail.is_null() {
@@ -275,7 +271,7 @@ impl Page {
         }
         if !tail.is_null() {
             // SAFETY: as above.
-            unsafe { (*tail).next = after };
+            unsafe { (*tail).next = ptr::null_mut() };
             self.free = head;
         }
     }
