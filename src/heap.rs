@@ -6,8 +6,8 @@
 //! the `Layout`, which `dealloc` receives too, so a free needs no lookup at all. Neither touches a
 //! lock or an atomic read-modify-write, and neither reads or writes the block itself. The
 //! statistics (`counters`) add the size to one room word and compare it with a mark. Measured with
-//! `benches/callgrind.sh 64`: 63 instructions per alloc+free pair through the same interface as
-//! `__rust_alloc`, 45 once the harness's loop and calls are subtracted (33 without statistics).
+//! `benches/callgrind.sh 64`: 56 instructions per alloc+free pair through the same interface as
+//! `__rust_alloc`, 38 once the harness's loop and calls are subtracted (26 without statistics).
 //!
 //! # Slow paths (`#[cold]`)
 //! - **Refill** (bin empty): collect other threads' frees (`drain_remote`) straight into the bins
@@ -272,21 +272,48 @@ fn lock_slow(heap: &Heap) -> OwnerSlow<'_> {
 // ---------------------------------------------------------------------------------------------
 // Public entry points (called by `global`).
 
+/// Marks the branch that calls it unlikely, so the compiler lays the other one out straight
+/// (`core::hint::cold_path` does this from Rust 1.95; this crate supports older compilers).
+#[cold]
+#[inline(always)]
+fn cold() {}
+
 /// Allocates `size` bytes aligned to `align`; null on failure.
+///
+/// Written for the instruction count (here and in `free`; `benches/callgrind.sh` measures it):
+/// - the two tests of `is_table_size` are apart, each leaving for its own function and marked
+///   unlikely: two compares and two untaken branches; with one target the compiler folds them into
+///   flag arithmetic two instructions longer;
+/// - every path gets the heap read first, so that a caller into which both `alloc` and `free` are
+///   inlined (a loop in the program's own crate) can look the thread-local up once for both;
+/// - the slow paths take their arguments in the registers the entry point already holds them in,
+///   which saves the moves between.
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    if size_class::is_table_size(size, align) {
-        return alloc_small(current(), size_class::table_class(size), size);
+    let heap = current();
+    if size > size_class::TABLE_MAX {
+        cold();
+        return alloc_general(size, align, heap);
     }
-    alloc_general(size, align)
+    if align > size_class::FAST_ALIGN {
+        cold();
+        return alloc_aligned(size, align, heap);
+    }
+    alloc_small(heap, size_class::table_class(size), size)
+}
+
+/// A small size with a large alignment: `alloc_general` under another name (see `alloc`).
+#[inline(never)]
+fn alloc_aligned(size: usize, align: usize, heap: &Heap) -> *mut u8 {
+    alloc_general(size, align, heap)
 }
 
 /// Every request the table does not cover: aligned, above 4 KiB, or large.
 #[inline(never)]
-fn alloc_general(size: usize, align: usize) -> *mut u8 {
+fn alloc_general(size: usize, align: usize, heap: &Heap) -> *mut u8 {
     match size_class::class_of(size, align) {
-        Some(class) => alloc_small(current(), class, size),
-        None => alloc_large(size, align, false),
+        Some(class) => alloc_small(heap, class, size),
+        None => alloc_large(size, align, false, heap),
     }
 }
 
@@ -302,7 +329,7 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
             }
             p
         }
-        None => alloc_large(size, align, true),
+        None => alloc_large(size, align, true, current()),
     }
 }
 
@@ -313,23 +340,40 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// again.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8, size: usize, align: usize) {
-    if size_class::is_table_size(size, align) {
+    let heap = current();
+    if size > size_class::TABLE_MAX {
+        cold();
         // SAFETY: forwarded caller promise.
-        return unsafe { free_small(current(), p.cast(), size_class::table_class(size), size) };
+        return unsafe { free_general(p, size, align, heap) };
+    }
+    if align > size_class::FAST_ALIGN {
+        cold();
+        // SAFETY: forwarded caller promise.
+        return unsafe { free_aligned(p, size, align, heap) };
     }
     // SAFETY: forwarded caller promise.
-    unsafe { free_general(p, size, align) }
+    unsafe { free_small(heap, p.cast(), size_class::table_class(size), size) }
+}
+
+/// `free_general` under another name (see `alloc`).
+///
+/// # Safety
+/// As for `free`.
+#[inline(never)]
+unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
+    // SAFETY: forwarded caller promise.
+    unsafe { free_general(p, size, align, heap) }
 }
 
 /// # Safety
 /// As for `free`.
 #[inline(never)]
-unsafe fn free_general(p: *mut u8, size: usize, align: usize) {
+unsafe fn free_general(p: *mut u8, size: usize, align: usize, heap: &Heap) {
     match size_class::class_of(size, align) {
         // SAFETY: forwarded caller promise.
-        Some(class) => unsafe { free_small(current(), p.cast(), class, size) },
+        Some(class) => unsafe { free_small(heap, p.cast(), class, size) },
         // SAFETY: forwarded caller promise.
-        None => unsafe { free_large(p, size) },
+        None => unsafe { free_large(p, size, heap) },
     }
 }
 
@@ -437,7 +481,7 @@ fn alloc_small(heap: &Heap, class: usize, size: usize) -> *mut u8 {
     // The order of this test matters: the shared EMPTY and DEAD heaps have empty bins, so they
     // leave here before `try_alloc_fast` could write their counters.
     if top == low || !heap.counters.try_alloc_fast(size) {
-        return alloc_small_slow(heap, class, size);
+        return alloc_small_slow(size, class, heap);
     }
     debug_assert!(heap.is_live());
     // SAFETY: the bin is not empty.
@@ -463,7 +507,7 @@ unsafe fn pop(heap: &Heap, class: usize, top: *mut *mut Block) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-fn alloc_small_slow(heap: &Heap, class: usize, size: usize) -> *mut u8 {
+fn alloc_small_slow(size: usize, class: usize, heap: &Heap) -> *mut u8 {
     if !heap.is_live() {
         return match thread_heap(heap) {
             Some(h) => alloc_small(h, class, size),
@@ -498,7 +542,7 @@ unsafe fn free_small(heap: &Heap, b: *mut Block, class: usize, size: usize) {
     // As in `alloc_small`: EMPTY and DEAD have full bins, so they leave before any write.
     if top == high || !heap.counters.try_free_fast(size) {
         // SAFETY: forwarded caller promise.
-        return unsafe { free_small_slow(heap, b, class, size) };
+        return unsafe { free_small_slow(b, size, class, heap) };
     }
     // SAFETY: the caller gives the block up; the bin has room.
     unsafe { push(heap, class, top, b) }
@@ -522,7 +566,7 @@ unsafe fn push(heap: &Heap, class: usize, top: *mut *mut Block, b: *mut Block) {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_small_slow(heap: &Heap, b: *mut Block, class: usize, size: usize) {
+unsafe fn free_small_slow(b: *mut Block, size: usize, class: usize, heap: &Heap) {
     if !heap.is_live() {
         match thread_heap(heap) {
             // SAFETY: forwarded caller promise.
@@ -1100,11 +1144,10 @@ fn purge_idle_heaps(me: &Heap) {
 
 #[cold]
 #[inline(never)]
-fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
-    let heap = current();
+fn alloc_large(size: usize, align: usize, zero: bool, heap: &Heap) -> *mut u8 {
     if !heap.is_live() {
         return match thread_heap(heap) {
-            Some(_) => alloc_large(size, align, zero),
+            Some(h) => alloc_large_in(h, size, align, zero),
             None => with_fallback(|h| alloc_large_in(h, size, align, zero)),
         };
     }
@@ -1135,12 +1178,11 @@ fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8
 
 #[cold]
 #[inline(never)]
-unsafe fn free_large(p: *mut u8, size: usize) {
-    let heap = current();
+unsafe fn free_large(p: *mut u8, size: usize, heap: &Heap) {
     if !heap.is_live() {
         match thread_heap(heap) {
             // SAFETY: forwarded caller promise.
-            Some(_) => unsafe { free_large(p, size) },
+            Some(h) => unsafe { free_large_in(h, p, size) },
             // SAFETY: forwarded caller promise.
             None => with_fallback(|h| unsafe { free_large_in(h, p, size) }),
         }
