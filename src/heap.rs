@@ -273,7 +273,7 @@ fn lock_slow(heap: &Heap) -> OwnerSlow<'_> {
 // Public entry points (called by `global`).
 
 /// Marks the branch that calls it unlikely, so the compiler lays the other one out straight
-/// (`core::hint::cold_path` does this from Rust 1.95; this crate supports older compilers).
+/// (as `core::hint::cold_path` does on compilers newer than this crate's `rust-version`).
 #[cold]
 #[inline(always)]
 fn cold() {}
@@ -299,16 +299,18 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
         cold();
         return alloc_aligned(size, align, heap);
     }
+    debug_assert!(size_class::is_table_size(size, align));
     alloc_small(heap, size_class::table_class(size), size)
 }
 
-/// A small size with a large alignment: `alloc_general` under another name (see `alloc`).
+/// A table size with an alignment above `FAST_ALIGN`: `alloc_general` under another name (see
+/// `alloc`). `heap` is the calling thread's `current()`, as for every function here that takes one.
 #[inline(never)]
 fn alloc_aligned(size: usize, align: usize, heap: &Heap) -> *mut u8 {
     alloc_general(size, align, heap)
 }
 
-/// Every request the table does not cover: aligned, above 4 KiB, or large.
+/// Every request the table does not cover: aligned, above 4 KiB, or large. `heap` is `current()`.
 #[inline(never)]
 fn alloc_general(size: usize, align: usize, heap: &Heap) -> *mut u8 {
     match size_class::class_of(size, align) {
@@ -351,6 +353,7 @@ pub unsafe fn free(p: *mut u8, size: usize, align: usize) {
         // SAFETY: forwarded caller promise.
         return unsafe { free_aligned(p, size, align, heap) };
     }
+    debug_assert!(size_class::is_table_size(size, align));
     // SAFETY: forwarded caller promise.
     unsafe { free_small(heap, p.cast(), size_class::table_class(size), size) }
 }
@@ -358,7 +361,7 @@ pub unsafe fn free(p: *mut u8, size: usize, align: usize) {
 /// `free_general` under another name (see `alloc`).
 ///
 /// # Safety
-/// As for `free`.
+/// As for `free`, and `heap` is `current()`.
 #[inline(never)]
 unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
     // SAFETY: forwarded caller promise.
@@ -366,7 +369,7 @@ unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
 }
 
 /// # Safety
-/// As for `free`.
+/// As for `free`, and `heap` is `current()`.
 #[inline(never)]
 unsafe fn free_general(p: *mut u8, size: usize, align: usize, heap: &Heap) {
     match size_class::class_of(size, align) {
@@ -1142,6 +1145,7 @@ fn purge_idle_heaps(me: &Heap) {
 // ---------------------------------------------------------------------------------------------
 // Large blocks.
 
+/// `heap` is `current()`.
 #[cold]
 #[inline(never)]
 fn alloc_large(size: usize, align: usize, zero: bool, heap: &Heap) -> *mut u8 {
@@ -1176,6 +1180,8 @@ fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8
     p
 }
 
+/// # Safety
+/// As for `free`, and `heap` is `current()`.
 #[cold]
 #[inline(never)]
 unsafe fn free_large(p: *mut u8, size: usize, heap: &Heap) {

@@ -96,7 +96,8 @@ const_assert!(compute_class(65) == 8 && compute_block_size(8) == 80);
 // Medium pages (512 KiB) hold at most 64 blocks, so one u64 bitmap covers a page.
 const_assert!(512 * 1024 / compute_block_size(SMALL_CLASSES) <= 64);
 
-/// Whether a request takes the table path: `table_class` then applies.
+/// Whether a request takes the table path: `table_class` then applies. `heap::alloc` and
+/// `heap::free` spell it out as two separate tests (see `heap::alloc` for why); keep them in step.
 #[inline(always)]
 pub fn is_table_size(size: usize, align: usize) -> bool {
     size <= TABLE_MAX && align <= FAST_ALIGN

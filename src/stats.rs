@@ -1,5 +1,5 @@
 //! Memory statistics, always on and cheap, queried at runtime by the program itself. Their cost is
-//! 12 instructions per allocation and free together, with owner-only stores: up to 27% of the time
+//! 12 instructions per allocation and free together, with owner-only stores: up to 28% of the time
 //! of a loop that does nothing but allocate and free, 0-6% on realistic workloads (measured figures
 //! in the README); build without the default `stats` feature to drop them.
 //!
