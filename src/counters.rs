@@ -89,10 +89,9 @@ pub struct ThreadCounters {
     /// `climbing`: then the mark is `max(peak, net())` (see `thread_peak`). Owner-only.
     peak: AtomicI64,
     pub reallocs: Counter,
-    /// Blocks allocated (resp. freed) inside `realloc`; counted in the class or large figures but not
-    /// in `allocations` (resp. `deallocations`).
-    pub realloc_allocs: Counter,
-    pub realloc_frees: Counter,
+    /// Reallocations that moved the block: each allocated one block and freed another, counted in
+    /// the class or large figures but not in `allocations` or `deallocations`.
+    pub realloc_moves: Counter,
     pub large_allocs: Counter,
     pub large_frees: Counter,
     /// Mapped bytes of live large blocks (after rounding) allocated minus freed by this thread.
@@ -124,8 +123,7 @@ pub struct Totals {
     /// Bytes allocated (freed bytes are `allocated - net`).
     pub allocated: u64,
     pub reallocs: u64,
-    pub realloc_allocs: u64,
-    pub realloc_frees: u64,
+    pub realloc_moves: u64,
     pub large_allocs: u64,
     pub large_frees: u64,
     pub large_active: i64,
@@ -139,8 +137,7 @@ impl Totals {
         net: 0,
         allocated: 0,
         reallocs: 0,
-        realloc_allocs: 0,
-        realloc_frees: 0,
+        realloc_moves: 0,
         large_allocs: 0,
         large_frees: 0,
         large_active: 0,
@@ -159,8 +156,7 @@ impl Totals {
         self.net += net;
         self.allocated = self.allocated.wrapping_add(allocated);
         self.reallocs += c.reallocs.get();
-        self.realloc_allocs += c.realloc_allocs.get();
-        self.realloc_frees += c.realloc_frees.get();
+        self.realloc_moves += c.realloc_moves.get();
         self.large_allocs += c.large_allocs.get();
         self.large_frees += c.large_frees.get();
         self.large_active += c.large_active.load(Relaxed);
@@ -176,8 +172,7 @@ impl Totals {
         self.net += o.net;
         self.allocated = self.allocated.wrapping_add(o.allocated);
         self.reallocs += o.reallocs;
-        self.realloc_allocs += o.realloc_allocs;
-        self.realloc_frees += o.realloc_frees;
+        self.realloc_moves += o.realloc_moves;
         self.large_allocs += o.large_allocs;
         self.large_frees += o.large_frees;
         self.large_active += o.large_active;
@@ -196,13 +191,13 @@ impl Totals {
     /// `alloc` and `alloc_zeroed` calls: blocks handed out, less those handed out inside `realloc`.
     pub fn allocations(&self) -> u64 {
         let small: u64 = self.class_allocs.iter().sum();
-        (small + self.large_allocs).saturating_sub(self.realloc_allocs)
+        (small + self.large_allocs).saturating_sub(self.realloc_moves)
     }
 
     /// `dealloc` calls, likewise.
     pub fn deallocations(&self) -> u64 {
         let small: u64 = self.class_frees.iter().sum();
-        (small + self.large_frees).saturating_sub(self.realloc_frees)
+        (small + self.large_frees).saturating_sub(self.realloc_moves)
     }
 }
 
@@ -217,8 +212,7 @@ impl ThreadCounters {
             epoch: AtomicU64::new(0),
             peak: AtomicI64::new(0),
             reallocs: Counter::new(),
-            realloc_allocs: Counter::new(),
-            realloc_frees: Counter::new(),
+            realloc_moves: Counter::new(),
             large_allocs: Counter::new(),
             large_frees: Counter::new(),
             large_active: AtomicI64::new(0),
@@ -468,8 +462,7 @@ impl ThreadCounters {
         }
         let counters = [
             &self.reallocs,
-            &self.realloc_allocs,
-            &self.realloc_frees,
+            &self.realloc_moves,
             &self.large_allocs,
             &self.large_frees,
         ];
