@@ -35,7 +35,12 @@
 //! and purges the heap at thread exit, folds its counters into the process totals and leaves it on
 //! the orphan list, still reachable by remote frees, for the next new thread. Thread churn
 //! therefore reuses heaps instead of leaking them. After the destructor ran, the thread's heap is
-//! the static `DEAD` heap, and allocation goes through a shared fallback heap under a lock.
+//! the static `DEAD` heap, and allocation goes through a shared fallback heap under a lock. Two
+//! ways a heap's thread can be gone without that destructor: the thread first allocated inside
+//! another key's destructor in glibc's last round, which never runs destructors of keys set during
+//! it; or the process forked, and the child has only the forking thread. `adopt_heap`, before it
+//! makes a new heap, checks a few heaps for an owner the kernel no longer knows (`reclaim_ended`),
+//! and the fork handler orphans the other threads' heaps in the child at once.
 //!
 //! # Returning memory
 //! Emptied pages and free medium blocks are counted as dirty. Every `PURGE_DELAY_MS` while anything
@@ -148,6 +153,9 @@ pub struct Heap {
     /// Owned by a live thread (not an orphan, the fallback heap or a test's heap): the heaps
     /// `purge_idle_heaps` may purge.
     thread_owned: AtomicBool,
+    /// `(pid, tid)` of the thread that adopted the heap, for `reclaim_ended`. Written and read
+    /// under the registry lock.
+    owner: Cell<(i32, i32)>,
     state: Cell<u8>,
     /// Next heap in the registry's list of all heaps (set once, under the registry lock).
     next_all: Cell<*mut Heap>,
@@ -182,6 +190,7 @@ impl Heap {
             #[cfg(test)]
             foreign_purges: AtomicU64::new(0),
             thread_owned: AtomicBool::new(false),
+            owner: Cell::new((0, 0)),
             state: Cell::new(state),
             next_all: Cell::new(ptr::null_mut()),
             next_orphan: Cell::new(ptr::null_mut()),
@@ -414,11 +423,15 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
 }
 
 /// Counts a move (an allocation, a copy and a free) as one realloc, not as an allocation and a
-/// deallocation; not on the shared EMPTY and DEAD heaps, which are never written.
+/// deallocation, on the heap that counted those: `heap` (`current()`) if it is live; after the
+/// thread's exit destructor (DEAD), the fallback heap. EMPTY cannot be `current()` after an
+/// allocation succeeded: the allocation adopted a heap.
 #[inline]
 fn count_moved(heap: &Heap) {
     if heap.is_live() {
         count_moved_live(heap);
+    } else {
+        with_fallback(count_moved_live);
     }
 }
 
@@ -1229,6 +1242,8 @@ unsafe fn free_large_in(heap: &Heap, p: *mut u8, size: usize) {
 /// live threads, the metadata arena heaps are carved from, and the totals of exited threads.
 struct Registry {
     all: *mut Heap,
+    /// Where `reclaim_ended` looks next (null: at `all`).
+    scan: *mut Heap,
     orphans: *mut Heap,
     live: usize,
     arena: usize,
@@ -1261,6 +1276,7 @@ fn heaps_from(first: *mut Heap) -> impl Iterator<Item = &'static Heap> {
 
 static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
     all: ptr::null_mut(),
+    scan: ptr::null_mut(),
     orphans: ptr::null_mut(),
     live: 0,
     arena: 0,
@@ -1338,7 +1354,11 @@ fn thread_heap(current: &Heap) -> Option<&'static Heap> {
 /// Adopts an orphaned heap or makes a new one. `thread` says whether a thread will own it (and
 /// count in `Stats::threads`); the fallback heap is owned by whoever holds its lock.
 fn adopt_heap(thread: bool) -> Option<*mut Heap> {
+    let ids = if thread { os::thread_ids() } else { (0, 0) };
     let mut reg = REGISTRY.lock();
+    if thread && reg.orphans.is_null() {
+        reclaim_ended(&mut reg, ids.0, RECLAIM_CHECKS);
+    }
     let heap = if !reg.orphans.is_null() {
         let h = reg.orphans;
         // SAFETY: orphans are registered heaps, which live forever.
@@ -1353,8 +1373,59 @@ fn adopt_heap(thread: bool) -> Option<*mut Heap> {
     unsafe {
         (*heap).state.set(STATE_LIVE);
         (*heap).next_orphan.set(ptr::null_mut());
+        (*heap).owner.set(ids);
     }
     Some(heap)
+}
+
+/// Heaps `adopt_heap` looks at for an ended owner before it makes a new heap.
+const RECLAIM_CHECKS: usize = 4;
+
+/// Looks at up to `n` heaps, from where the last look stopped, and orphans those whose owning
+/// thread, of process `pid`, has ended without its exit destructor having run. glibc runs key
+/// destructors in at most four rounds and never runs the destructor of a key set during the last
+/// one: a thread whose first allocation comes from a destructor in that round adopts a heap that
+/// nothing would hand back. A heap whose `slow` lock is held (a foreign purge) waits for a later
+/// look. A heap adopted in another process (a child made without `fork`'s handlers) is never
+/// taken: its owner's id means nothing here.
+fn reclaim_ended(reg: &mut Registry, pid: i32, n: usize) {
+    for _ in 0..n {
+        let h = if reg.scan.is_null() {
+            reg.all
+        } else {
+            reg.scan
+        };
+        // SAFETY: registered heaps live forever.
+        let Some(heap) = (unsafe { h.as_ref() }) else {
+            return;
+        };
+        reg.scan = heap.next_all.get();
+        let (owner_pid, tid) = heap.owner.get();
+        let ended = heap.thread_owned.load(Ordering::Relaxed)
+            && owner_pid == pid
+            && os::thread_ended(pid, tid);
+        if ended {
+            if let Some(_slow) = heap.slow.try_lock() {
+                orphan(reg, h);
+            }
+        }
+    }
+}
+
+/// Hands back the heap of a thread that is gone or going (under the registry lock): its counters
+/// fold into the exited threads' totals and it joins the orphans. Blocks left in its bins stay
+/// there for the next owner.
+fn orphan(reg: &mut Registry, heap_ptr: *mut Heap) {
+    // SAFETY: registered heaps live forever; its thread no longer uses it (callers' contract), so
+    // the owner-only fields are ours under the registry lock.
+    let heap = unsafe { &*heap_ptr };
+    heap.thread_owned.store(false, Ordering::Relaxed);
+    heap.state.set(STATE_DEAD);
+    heap.counters
+        .fold_into(&mut reg.exited, heap.class_counters());
+    heap.next_orphan.set(reg.orphans);
+    reg.orphans = heap_ptr;
+    reg.live -= 1;
 }
 
 /// Carves a new heap and its bins' slots from the metadata arena and registers it.
@@ -1388,13 +1459,7 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     heap.thread_owned.store(false, Ordering::Relaxed);
     trim_current();
     CURRENT.with(|c| c.set(&DEAD));
-    heap.state.set(STATE_DEAD);
-    let mut reg = REGISTRY.lock();
-    heap.counters
-        .fold_into(&mut reg.exited, heap.class_counters());
-    heap.next_orphan.set(reg.orphans);
-    reg.orphans = heap_ptr;
-    reg.live -= 1;
+    orphan(&mut REGISTRY.lock(), heap_ptr);
 }
 
 fn ensure_key() -> bool {
@@ -1455,9 +1520,22 @@ extern "C" fn fork_prepare() {
 
 extern "C" fn fork_child() {
     fork_parent();
-    // A thread that was inside a counters update at the fork does not exist here to finish it.
-    for heap in REGISTRY.lock().heaps() {
+    let me = current();
+    let mut reg = REGISTRY.lock();
+    if me.is_live() {
+        // The forking thread, the only one here, has new ids.
+        me.owner.set(os::thread_ids());
+    }
+    for heap in heaps_from(reg.all) {
+        // A thread that was inside a counters update at the fork does not exist here to finish it.
         heap.counters.after_fork();
+        // Nor do the other threads: their heaps go back for reuse, but for one whose `slow` lock
+        // its owner held at the fork (its pages may be half updated; it stays out of use).
+        if heap.thread_owned.load(Ordering::Relaxed) && !ptr::eq(heap, me) {
+            if let Some(_slow) = heap.slow.try_lock() {
+                orphan(&mut reg, ptr::from_ref(heap).cast_mut());
+            }
+        }
     }
 }
 

@@ -205,6 +205,24 @@ pub fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// The calling thread's kernel id and its process's id, as `(pid, tid)`.
+pub fn thread_ids() -> (i32, i32) {
+    // SAFETY: neither call has preconditions; `gettid` cannot fail.
+    unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as i32) }
+}
+
+/// Whether thread `tid` of this process is known to have ended: the kernel has no such thread in
+/// it. A thread that still runs, or an id the kernel gave to a newer thread, reads as not ended,
+/// so a true answer is never wrong.
+pub fn thread_ended(pid: i32, tid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing, it only checks that the thread exists; `__errno_location`
+    // returns this thread's errno.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, pid, tid, 0) == -1
+            && *libc::__errno_location() == libc::ESRCH
+    }
+}
+
 /// The page size the OS reports (perfalloc assumes `PAGE_SIZE`; checked by a test).
 #[cfg(test)]
 pub fn os_page_size() -> usize {

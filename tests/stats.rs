@@ -530,6 +530,77 @@ fn without_statistics_counted_figures_read_zero_and_the_limit_is_inert() {
     drop((v, boxed, w));
 }
 
+/// A pthread key whose destructor runs, at thread exit, after perfalloc's own (keys' destructors run
+/// in creation order, and perfalloc made its key at the first allocation, before `main`): what it
+/// does goes through the shared fallback heap. `LATE_WORK` says whether it runs `late_sequence`.
+static mut LATE_KEY: libc::pthread_key_t = 0;
+static LATE_WORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LATE_RAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An allocation, three reallocations (between small classes, then to a large block and back) and
+/// a free.
+fn late_sequence() {
+    use std::alloc::{alloc, dealloc, realloc, Layout};
+    let layout = |n| Layout::from_size_align(n, 8).unwrap();
+    // SAFETY: non-zero sizes; each realloc and the free get the block's current layout.
+    unsafe {
+        let mut p = black_box(alloc(layout(16)));
+        let mut size = 16;
+        for next in [100, 300_000, 5000] {
+            p = black_box(realloc(p, layout(size), next));
+            assert!(!p.is_null());
+            size = next;
+        }
+        dealloc(p, layout(size));
+    }
+}
+
+unsafe extern "C" fn late_destructor(_: *mut libc::c_void) {
+    if LATE_WORK.load(std::sync::atomic::Ordering::Relaxed) {
+        late_sequence();
+    }
+    LATE_RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn reallocations_after_the_exit_destructor_count_as_reallocations() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // SAFETY: an out-pointer to a static only this test uses; the destructor is a valid function.
+    assert_eq!(
+        unsafe {
+            libc::pthread_key_create(std::ptr::addr_of_mut!(LATE_KEY), Some(late_destructor))
+        },
+        0
+    );
+    let thread_exit = |work: bool| {
+        LATE_WORK.store(work, Relaxed);
+        let before = Figures::now();
+        let reallocs = stats().reallocations;
+        std::thread::spawn(|| {
+            // SAFETY: the key exists; a non-null value makes its destructor run at exit.
+            unsafe { libc::pthread_setspecific(LATE_KEY, 1 as *mut libc::c_void) };
+        })
+        .join()
+        .unwrap();
+        let after = Figures::now();
+        (
+            after.allocations - before.allocations,
+            after.deallocations - before.deallocations,
+            stats().reallocations - reallocs,
+        )
+    };
+    let idle = thread_exit(false);
+    let busy = thread_exit(true);
+    assert_eq!(LATE_RAN.load(Relaxed), 2, "the late destructor did not run");
+    assert_eq!(
+        (busy.0 - idle.0, busy.1 - idle.1, busy.2 - idle.2),
+        (1, 1, 3),
+        "(allocations, deallocations, reallocations) of the late sequence"
+    );
+    late_sequence(); // the same on a live thread, for comparison
+    let (_, m) = measure(late_sequence);
+    assert_eq!((m.allocations, m.deallocations), (1, 1));
+}
+
 fn main() {
     if !cfg!(feature = "stats") {
         let ok = std::panic::catch_unwind(
@@ -590,6 +661,10 @@ fn main() {
         (
             "counts_never_go_backwards_while_threads_exit",
             counts_never_go_backwards_while_threads_exit,
+        ),
+        (
+            "reallocations_after_the_exit_destructor_count_as_reallocations",
+            reallocations_after_the_exit_destructor_count_as_reallocations,
         ),
     ];
     let mut failed = 0;
