@@ -3,7 +3,9 @@
 // - unset: criterion timings, ids `<workload>/<ALLOCATOR>[/<param>]`;
 // - `memory`: every workload once in a forked child; prints the child's peak resident set;
 // - `release`: 1 GiB in random 1-64 KiB blocks, touched, then 90% freed at random; prints the
-//   resident set right after the frees and one second later.
+//   resident set right after the frees and one second later;
+// - `count`: runs the single-thread workload `ALLOC_BENCH_WORKLOAD` `ALLOC_BENCH_ITERS` times and
+//   nothing else, for `benches/alloc_share.sh` to count its instructions under callgrind.
 // `benches/compare.py` runs the four binaries interleaved and prints ratios.
 
 use criterion::{black_box, BenchmarkId, Criterion, Throughput};
@@ -294,10 +296,41 @@ fn release() {
     black_box(blocks);
 }
 
+/// Runs one workload `ALLOC_BENCH_ITERS` times and prints the median time of an iteration (mode
+/// `count`; `benches/alloc_share.sh` counts its instructions, `benches/alternate.py` times it).
+fn count() {
+    let name = std::env::var("ALLOC_BENCH_WORKLOAD").expect("ALLOC_BENCH_WORKLOAD names a workload");
+    let iters: usize = std::env::var("ALLOC_BENCH_ITERS").map_or(1, |v| v.parse().expect("ALLOC_BENCH_ITERS"));
+    let layouts = small_sizes(100_000, 42);
+    let mut ptrs = Vec::with_capacity(layouts.len());
+    let slots = larson_slots();
+    let mut f: Box<dyn FnMut()> = match name.as_str() {
+        "bulk_100k/lifo" => Box::new(|| bulk(&layouts, &mut ptrs, true)),
+        "bulk_100k/fifo" => Box::new(|| bulk(&layouts, &mut ptrs, false)),
+        "realistic/vec_push_100k" => Box::new(vec_push),
+        "realistic/strings_10k" => Box::new(strings),
+        "realistic/btreemap_10k" => Box::new(btree),
+        "threads/producer_consumer_100k" => Box::new(producer_consumer),
+        "threads/larson_2x50k" => Box::new(|| larson(&slots)),
+        other => panic!("no workload {other} in this mode"),
+    };
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f();
+        times.push(start.elapsed().as_nanos());
+    }
+    drop(f);
+    larson_drain(&slots);
+    times.sort_unstable();
+    println!("count {name} {ALLOCATOR} median_ns {}", times[iters / 2]);
+}
+
 fn main() {
     match std::env::var("ALLOC_BENCH_MODE").as_deref() {
         Ok("memory") => memory(),
         Ok("release") => release(),
+        Ok("count") => count(),
         _ => {
             let mut c = Criterion::default().configure_from_args();
             timings(&mut c);
