@@ -35,7 +35,17 @@ fn choose() -> u8 {
         // SAFETY: as above.
         unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes()
     };
-    let i = NAMES.iter().position(|n| n.as_bytes() == name).unwrap_or(0);
+    let i = match NAMES.iter().position(|n| n.as_bytes() == name) {
+        Some(i) => i,
+        None if name.is_empty() => 0,
+        None => {
+            // A misspelt name would otherwise measure perfalloc under another name.
+            let msg = b"alloc_same: ALLOC_SAME is not perfalloc, system, mimalloc or jemalloc\n";
+            // SAFETY: writes a static buffer to stderr; no allocation on the way out.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            std::process::abort();
+        }
+    };
     let c = i as u8 + 1;
     // Two threads racing here read the same environment and store the same value.
     CHOSEN.store(c, Relaxed);

@@ -14,7 +14,8 @@ cargo build -q --profile bench --bench alloc_same
 bin=$(cargo bench -q --bench alloc_same --no-run --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*alloc_same[^"]*\)".*/\1/p' | tail -n 1)
 toggles=()
-for f in alloc dealloc realloc alloc_zeroed; do toggles+=("--toggle-collect=__rustc::__rust_$f"); done
+# `*`: rustc 1.95 names them `__rustc::__rust_alloc`, older ones plain `__rust_alloc`.
+for f in alloc dealloc realloc alloc_zeroed; do toggles+=("--toggle-collect=*__rust_$f"); done
 count() { # allocator workload iterations [alloc]
   local extra=()
   [ "${4:-}" = alloc ] && extra=(--collect-atstart=no "${toggles[@]}")

@@ -40,7 +40,8 @@
 //! another key's destructor in glibc's last round, which never runs destructors of keys set during
 //! it; or the process forked, and the child has only the forking thread. `adopt_heap`, before it
 //! makes a new heap, checks a few heaps for an owner the kernel no longer knows (`reclaim_ended`),
-//! and the fork handler orphans the other threads' heaps in the child at once.
+//! and the fork handler orphans the other threads' heaps in the child at once (but one whose slow
+//! lock was held at the fork, which stays out of use, and with their bins emptied).
 //!
 //! # Returning memory
 //! Emptied pages and free medium blocks are counted as dirty. Every `PURGE_DELAY_MS` while anything
@@ -205,6 +206,13 @@ impl Heap {
             self.lows[c].set(low);
             self.tops[c].set(low);
             self.highs[c].set(slots.wrapping_add(BIN_START[c + 1]));
+        }
+    }
+
+    /// Forgets the blocks in every bin (see `fork_child`). Only for a live heap.
+    fn empty_bins(&self) {
+        for c in 0..CLASSES {
+            self.tops[c].set(self.lows[c].get());
         }
     }
 
@@ -423,9 +431,9 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
 }
 
 /// Counts a move (an allocation, a copy and a free) as one realloc, not as an allocation and a
-/// deallocation, on the heap that counted those: `heap` (`current()`) if it is live; after the
-/// thread's exit destructor (DEAD), the fallback heap. EMPTY cannot be `current()` after an
-/// allocation succeeded: the allocation adopted a heap.
+/// deallocation, on the heap that counted those: `heap` (`current()`) if it is live, else the
+/// fallback heap, which served the move (after the thread's exit destructor, or when no heap could
+/// be adopted).
 #[inline]
 fn count_moved(heap: &Heap) {
     if heap.is_live() {
@@ -1406,7 +1414,12 @@ fn reclaim_ended(reg: &mut Registry, pid: i32, n: usize) {
             && os::thread_ended(pid, tid);
         if ended {
             if let Some(_slow) = heap.slow.try_lock() {
-                orphan(reg, h);
+                // SAFETY: its thread ended (the kernel has no such thread; a reused id reads as
+                // alive), so nothing uses the heap; `thread_owned` means it was adopted for a
+                // thread and counted in `live`. The thread's last writes are ours to read because
+                // its exit and our `tgkill` both pass through the kernel, which orders them (the
+                // Rust memory model has no edge for this); `slow` held keeps foreign purges out.
+                unsafe { orphan(reg, h) };
             }
         }
     }
@@ -1415,9 +1428,12 @@ fn reclaim_ended(reg: &mut Registry, pid: i32, n: usize) {
 /// Hands back the heap of a thread that is gone or going (under the registry lock): its counters
 /// fold into the exited threads' totals and it joins the orphans. Blocks left in its bins stay
 /// there for the next owner.
-fn orphan(reg: &mut Registry, heap_ptr: *mut Heap) {
-    // SAFETY: registered heaps live forever; its thread no longer uses it (callers' contract), so
-    // the owner-only fields are ours under the registry lock.
+///
+/// # Safety
+/// `heap_ptr` is a registered, live heap adopted for a thread (counted in `reg.live`), and no
+/// thread uses it now or will again but through the orphan list.
+unsafe fn orphan(reg: &mut Registry, heap_ptr: *mut Heap) {
+    // SAFETY: registered heaps live forever; the owner-only fields are ours (caller promise).
     let heap = unsafe { &*heap_ptr };
     heap.thread_owned.store(false, Ordering::Relaxed);
     heap.state.set(STATE_DEAD);
@@ -1459,7 +1475,8 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     heap.thread_owned.store(false, Ordering::Relaxed);
     trim_current();
     CURRENT.with(|c| c.set(&DEAD));
-    orphan(&mut REGISTRY.lock(), heap_ptr);
+    // SAFETY: this thread's heap, adopted by `thread_heap`; the thread uses DEAD from here on.
+    unsafe { orphan(&mut REGISTRY.lock(), heap_ptr) };
 }
 
 fn ensure_key() -> bool {
@@ -1521,6 +1538,7 @@ extern "C" fn fork_prepare() {
 extern "C" fn fork_child() {
     fork_parent();
     let me = current();
+    let fallback = FALLBACK.lock();
     let mut reg = REGISTRY.lock();
     if me.is_live() {
         // The forking thread, the only one here, has new ids.
@@ -1529,11 +1547,18 @@ extern "C" fn fork_child() {
     for heap in heaps_from(reg.all) {
         // A thread that was inside a counters update at the fork does not exist here to finish it.
         heap.counters.after_fork();
-        // Nor do the other threads: their heaps go back for reuse, but for one whose `slow` lock
-        // its owner held at the fork (its pages may be half updated; it stays out of use).
-        if heap.thread_owned.load(Ordering::Relaxed) && !ptr::eq(heap, me) {
+        // Nor do the other threads: every live heap but ours and the fallback heap goes back for
+        // reuse (including one whose thread was adopting it or inside its exit destructor), but
+        // for one whose `slow` lock was held at the fork: its pages may be half updated, so it
+        // stays out of use. Its owner may have been inside a bin's push or pop, so its bins are
+        // emptied; their blocks stay counted as used by their pages, a leak in the child only.
+        let mine = ptr::eq(heap, me) || ptr::eq(heap, fallback.0);
+        if heap.is_live() && !mine {
             if let Some(_slow) = heap.slow.try_lock() {
-                orphan(&mut reg, ptr::from_ref(heap).cast_mut());
+                heap.empty_bins();
+                // SAFETY: a live heap other than the fallback one was adopted for a thread and
+                // counted in `live`; its thread does not exist in the child.
+                unsafe { orphan(&mut reg, ptr::from_ref(heap).cast_mut()) };
             }
         }
     }

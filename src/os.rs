@@ -216,10 +216,14 @@ pub fn thread_ids() -> (i32, i32) {
 /// so a true answer is never wrong.
 pub fn thread_ended(pid: i32, tid: i32) -> bool {
     // SAFETY: signal 0 sends nothing, it only checks that the thread exists; `__errno_location`
-    // returns this thread's errno.
+    // returns this thread's errno, which is put back: the allocation that called this may succeed,
+    // and a program may read errno from a call it made before.
     unsafe {
-        libc::syscall(libc::SYS_tgkill, pid, tid, 0) == -1
-            && *libc::__errno_location() == libc::ESRCH
+        let errno = libc::__errno_location();
+        let saved = *errno;
+        let ended = libc::syscall(libc::SYS_tgkill, pid, tid, 0) == -1 && *errno == libc::ESRCH;
+        *errno = saved;
+        ended
     }
 }
 

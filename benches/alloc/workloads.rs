@@ -1,11 +1,12 @@
 // Allocator workloads, included by `alloc_<allocator>.rs`, each of which sets its own
-// `#[global_allocator]` and `ALLOCATOR` name. Three modes (`ALLOC_BENCH_MODE`):
+// `#[global_allocator]` and `ALLOCATOR` name. Four modes (`ALLOC_BENCH_MODE`):
 // - unset: criterion timings, ids `<workload>/<ALLOCATOR>[/<param>]`;
 // - `memory`: every workload once in a forked child; prints the child's peak resident set;
 // - `release`: 1 GiB in random 1-64 KiB blocks, touched, then 90% freed at random; prints the
 //   resident set right after the frees and one second later;
-// - `count`: runs the single-thread workload `ALLOC_BENCH_WORKLOAD` `ALLOC_BENCH_ITERS` times and
-//   nothing else, for `benches/alloc_share.sh` to count its instructions under callgrind.
+// - `count`: runs the workload `ALLOC_BENCH_WORKLOAD` (any but `large` and the pair rows)
+//   `ALLOC_BENCH_ITERS` times and prints the median time of an iteration, for
+//   `benches/alternate.py` to time and `benches/alloc_share.sh` to count under callgrind.
 // `benches/compare.py` runs the four binaries interleaved and prints ratios.
 
 use criterion::{black_box, BenchmarkId, Criterion, Throughput};
