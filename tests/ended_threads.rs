@@ -83,7 +83,7 @@ fn a_thread_whose_first_allocation_is_in_the_last_destructor_round_leaves_no_hea
 }
 
 #[test]
-fn a_forked_child_counts_only_its_own_thread_and_reuses_the_others_heaps() {
+fn a_forked_child_counts_only_its_own_thread_and_allocates_on_new_threads() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Three threads with heaps, parked outside the allocator while the process forks: each
     // allocates, frees, says so and sleeps (which allocates nothing) until told to end.
@@ -110,7 +110,7 @@ fn a_forked_child_counts_only_its_own_thread_and_reuses_the_others_heaps() {
     assert!(pid >= 0);
     if pid == 0 {
         let alone = perfalloc::stats().threads;
-        // New threads take the heaps the parent's threads left here, blocks in their bins and all.
+        // New threads take the heaps the parent's threads left here (their bins emptied).
         for _ in 0..4 {
             std::thread::spawn(|| {
                 let v: Vec<Vec<u64>> = (0..2000).map(|i| vec![i; (i % 50) as usize]).collect();

@@ -321,7 +321,6 @@ fn count() {
         f();
         times.push(start.elapsed().as_nanos());
     }
-    drop(f);
     larson_drain(&slots);
     times.sort_unstable();
     println!("count {name} {ALLOCATOR} median_ns {}", times[iters / 2]);
