@@ -36,6 +36,13 @@ const WORDS: usize = GRANULES / 64;
 const MAX_REGIONS: usize = 32;
 /// The largest block the arena serves. Larger ones are rare and big enough for a mapping each.
 pub const MAX_EXTENT: usize = 16 << 20;
+/// The smallest block of a size class's size that the arena holds. `realloc` puts a block that
+/// grows to at least this size here, so that its next growth can be in place (a size class's
+/// pages hold blocks of one size; a `Vec` growing from 32 to 256 KiB would otherwise be copied
+/// three times). Invariant: a block whose size has a class (`size_class::class_of`) lives in
+/// the arena exactly when it is at least `GROWN_MIN` bytes and `region_of` finds its address;
+/// only `heap::realloc` puts one here, through `alloc` and `resize` (never a direct mapping).
+pub const GROWN_MIN: usize = 64 << 10;
 /// Words needed for the dirty bits of one block.
 const RUN_WORDS: usize = MAX_EXTENT / GRANULE / 64 + 1;
 /// Freed bytes kept resident before a purge regardless of their age.
@@ -46,6 +53,12 @@ const PURGE_DELAY_MS: u64 = 200;
 static_assertions::const_assert!(REGION_SIZE % (GRANULE * 64) == 0);
 static_assertions::const_assert!(GRANULE % PAGE_SIZE == 0);
 static_assertions::const_assert!(MAX_EXTENT <= REGION_SIZE);
+// A grown block is never freed by `heap::free`'s inline path, which takes only table sizes.
+static_assertions::const_assert!(
+    GROWN_MIN % GRANULE == 0
+        && GROWN_MIN <= crate::size_class::MAX_SMALL_SIZE
+        && GROWN_MIN > crate::size_class::TABLE_MAX
+);
 
 /// One region's bookkeeping.
 ///
@@ -101,7 +114,7 @@ pub fn len_of(size: usize) -> usize {
 }
 
 /// A region of the arena, by its slot.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionId(usize);
 
 /// The region holding `p`, a live large block, if it was allocated here. A direct mapping never
@@ -121,6 +134,10 @@ pub fn region_of(p: *mut u8) -> Option<RegionId> {
 /// and the bytes it occupies, or `None` if no region has room and no new one can be mapped.
 pub fn alloc(size: usize, zero: bool) -> Option<(*mut u8, usize)> {
     debug_assert!(size > 0 && size <= MAX_EXTENT);
+    #[cfg(test)]
+    if tests::REFUSE.get() {
+        return None;
+    }
     let n = size.div_ceil(GRANULE);
     let (p, dirty) = {
         let mut arena = ARENA.lock();
@@ -394,8 +411,15 @@ fn set_range(bits: &mut [u64; WORDS], mut i: usize, n: usize, value: bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use core::cell::Cell;
+
+    std::thread_local! {
+        /// Makes `alloc` on this thread act as if the arena were full (every region used and no
+        /// slot left for another), for the tests of what falls back from it.
+        pub(crate) static REFUSE: Cell<bool> = const { Cell::new(false) };
+    }
 
     fn bitmap(used: &[(usize, usize)]) -> [u64; WORDS] {
         let mut bits = [0; WORDS];
