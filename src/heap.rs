@@ -391,9 +391,22 @@ unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
 unsafe fn free_general(p: *mut u8, size: usize, align: usize, heap: &Heap) {
     match size_class::class_of(size, align) {
         // SAFETY: forwarded caller promise.
-        Some(class) => unsafe { free_small(heap, p.cast(), class, size) },
+        Some(class) if grown_region(p, size).is_none() => unsafe {
+            free_small(heap, p.cast(), class, size)
+        },
         // SAFETY: forwarded caller promise.
-        None => unsafe { free_large(p, size, heap) },
+        _ => unsafe { free_large(p, size, heap) },
+    }
+}
+
+/// The arena region of `p`, a live block of `size` bytes that has a size class, if `realloc` grew
+/// it into the arena (the invariant at `extent::GROWN_MIN`).
+#[inline]
+fn grown_region(p: *mut u8, size: usize) -> Option<extent::RegionId> {
+    if size >= extent::GROWN_MIN {
+        extent::region_of(p)
+    } else {
+        None
     }
 }
 
@@ -458,7 +471,7 @@ fn count_moved_live(heap: &Heap) {
 /// As for `realloc`.
 #[inline(never)]
 unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *mut u8 {
-    let old_class = size_class::class_of(old, align);
+    let mut old_class = size_class::class_of(old, align);
     let new_class = size_class::class_of(new, align);
     let heap = current();
     if heap.is_live() {
@@ -467,11 +480,33 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
         if !heap.counters.admits(new.saturating_sub(old)) {
             return ptr::null_mut();
         }
+        // The arena region of a large block, or of one that an earlier realloc grew into the
+        // arena: a large block whatever its size.
+        let grown = match old_class {
+            Some(_) => grown_region(p, old),
+            None => extent::region_of(p),
+        };
+        if grown.is_some() {
+            old_class = None;
+        }
         if old_class.is_some() && old_class == new_class {
             heap.counters.realloc(old, new);
             return p;
         }
-        if old_class.is_none() && new_class.is_none() {
+        // A block growing to `GROWN_MIN` or more goes to the arena, where its next growth can be
+        // in place; one already there stays while it keeps that size. If the arena has no room,
+        // it moves to a size class below.
+        let to_arena = new_class.is_some()
+            && new >= extent::GROWN_MIN
+            && align <= extent::GRANULE
+            && (new > old || grown.is_some());
+        if to_arena {
+            // SAFETY: forwarded caller promise; `grown` is `p`'s region if it has one, and
+            // `old_class` its class otherwise; `heap` is this thread's live heap.
+            if let Some(q) = unsafe { realloc_to_arena(heap, p, old, old_class, grown, new) } {
+                return q;
+            }
+        } else if old_class.is_none() && new_class.is_none() {
             let resized = {
                 let _slow = lock_slow(heap);
                 // SAFETY: forwarded caller promise: `p` is a live large block of `old` bytes.
@@ -499,6 +534,56 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
     }
     count_moved(current());
     q
+}
+
+/// Resizes `p` in the arena (`grown` is its region) or moves it there (from a block of
+/// `old_class`), as `realloc` to `new` bytes, a size with a class of at least `GROWN_MIN` bytes.
+/// `None` (nothing changed) if the arena has no room. Only `extent` is asked, never `large`: a
+/// direct mapping of a class's size could not be told from a small block when it is freed.
+///
+/// # Safety
+/// As for `realloc`; exactly one of `old_class` and `grown` is `Some`, and `heap` is `current()`,
+/// live.
+unsafe fn realloc_to_arena(
+    heap: &Heap,
+    p: *mut u8,
+    old: usize,
+    old_class: Option<usize>,
+    grown: Option<extent::RegionId>,
+    new: usize,
+) -> Option<*mut u8> {
+    debug_assert!(old_class.is_some() != grown.is_some());
+    let c = &heap.counters;
+    if let Some(region) = grown {
+        // SAFETY: `p` is a live block of `old` bytes in `region`, the caller's; `new` is below
+        // `MAX_EXTENT`.
+        if let Some(new_len) = unsafe { extent::resize(region, p, old, new) } {
+            c.realloc(old, new);
+            let old_len = extent::len_of(old);
+            ThreadCounters::bump(&c.large_active, new_len as i64 - old_len as i64);
+            ThreadCounters::bump(&c.large_live, new as i64 - old as i64);
+            return Some(p);
+        }
+    }
+    let (q, len) = extent::alloc(new, false)?;
+    // Counted as an allocation and a free, then as one move, like any moving realloc.
+    c.alloc_slow(new);
+    if cfg!(feature = "stats") {
+        c.large_allocs.add(1);
+        ThreadCounters::bump(&c.large_live, new as i64);
+        ThreadCounters::bump(&c.large_active, len as i64);
+    }
+    // SAFETY: both blocks are live and distinct, each of at least `min(old, new)` bytes; `p` is
+    // the caller's to give up, a block of `old_class` or a large one in the arena.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(new));
+        match old_class {
+            Some(class) => free_small(heap, p.cast(), class, old),
+            None => free_large_in(heap, p, old),
+        }
+    }
+    count_moved_live(heap);
+    Some(q)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2042,5 +2127,75 @@ mod tests {
             done >= released,
             "the owner refilled its bin while another thread held its heap's lock"
         );
+    }
+
+    fn fill(p: *mut u8, len: usize, seed: u8) {
+        // SAFETY: the callers' blocks hold at least `len` bytes.
+        unsafe { (0..len).for_each(|i| *p.add(i) = seed ^ (i % 251) as u8) };
+    }
+
+    fn holds(p: *mut u8, len: usize, seed: u8) -> bool {
+        // SAFETY: as in `fill`.
+        unsafe { (0..len).all(|i| *p.add(i) == seed ^ (i % 251) as u8) }
+    }
+
+    /// When the arena has no room, a block that grows to `GROWN_MIN` or more moves to its size
+    /// class instead (never to a mapping of its own, which a free could not tell from a small
+    /// block) and is freed as one; a grown block that cannot grow in place moves out the same way.
+    #[test]
+    fn growth_falls_back_to_a_size_class_when_the_arena_has_no_room() {
+        std::thread::spawn(|| {
+            let (small, grown, more) = (48 << 10, 100 << 10, 120 << 10);
+            let class = size_class::class_of(grown, 8).unwrap();
+            // SAFETY: every block is used within its size and freed once with it.
+            unsafe {
+                let heap = current_live().expect("a heap");
+                let before = held(heap, class);
+                extent::tests::REFUSE.set(true);
+                let p = alloc(small, 8);
+                fill(p, small, 1);
+                let q = realloc(p, small, 8, grown);
+                assert!(!q.is_null() && grown_region(q, grown).is_none());
+                assert_eq!(
+                    held(heap, class),
+                    before + 1,
+                    "moved to a block of the class"
+                );
+                assert!(holds(q, small, 1), "the move kept the contents");
+                free(q, grown, 8);
+                // Freed into its class's bin, whose top it is now.
+                let r = alloc_small(current(), class, grown);
+                assert_eq!(r, q, "a block of the class was freed as one");
+                free(r, grown, 8);
+                extent::tests::REFUSE.set(false);
+
+                // Now in the arena, with every granule up to its end taken (first fit fills the
+                // lowest holes first), so that it cannot grow in place.
+                let a = realloc(alloc(small, 8), small, 8, grown);
+                let region = grown_region(a, grown).expect("grown into the arena");
+                fill(a, grown, 2);
+                let end = a as usize + extent::len_of(grown);
+                let mut taken = Vec::new();
+                while let Some((g, _)) = extent::alloc(extent::GRANULE, false) {
+                    taken.push(g);
+                    let same = extent::region_of(g) == Some(region);
+                    if !same || g as usize >= end {
+                        break;
+                    }
+                }
+                extent::tests::REFUSE.set(true);
+                let b = realloc(a, grown, 8, more);
+                extent::tests::REFUSE.set(false);
+                assert!(!b.is_null() && b != a && grown_region(b, more).is_none());
+                assert!(holds(b, grown, 2), "the move kept the contents");
+                free(b, more, 8);
+                for g in taken {
+                    let r = extent::region_of(g).expect("an arena block");
+                    extent::free(r, g, extent::GRANULE);
+                }
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
