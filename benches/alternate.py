@@ -11,17 +11,21 @@ so that a slow spell of the machine falls on all of them alike. A ratio is the o
 time / perfalloc's time in the same round; the table gives the median over rounds and the range of
 the middle half of them (above 1.00 perfalloc is faster). With `--stats-overhead` the two
 allocators are perfalloc with and without the `stats` feature (a second build, in target/nostats).
+With `--baseline REV` they are perfalloc as it is and perfalloc at git revision REV (exported with
+`git archive` to a temporary directory, built in target/baseline): a regression check for a change.
+
+    python3 benches/alternate.py --baseline HEAD~1 --rounds 11 realistic/btreemap_10k
 """
-import argparse, os, pathlib, statistics, subprocess
+import argparse, os, pathlib, statistics, subprocess, tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ALLOCS = ["perfalloc", "system", "mimalloc", "jemalloc"]
 
 
-def build(features, target_dir):
+def build(features, target_dir, src=ROOT):
     cmd = ["cargo", "bench", "-q", "--bench", "alloc_same", "--no-run", "--message-format=json"]
     cmd += features + ["--target-dir", str(target_dir)]
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, cwd=src, check=True, capture_output=True, text=True).stdout
     exes = [line for line in out.splitlines() if '"executable":"' in line and "alloc_same" in line]
     return exes[-1].split('"executable":"')[1].split('"')[0]
 
@@ -44,9 +48,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--iters", type=int, default=51, help="iterations in each process")
     ap.add_argument("--stats-overhead", action="store_true")
+    ap.add_argument("--baseline", metavar="REV", help="compare with perfalloc at this git revision")
     args = ap.parse_args()
     target = ROOT / "target"
-    if args.stats_overhead:
+    if args.baseline:
+        src = pathlib.Path(tempfile.mkdtemp(prefix="perfalloc-baseline-"))
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        configs = [("perfalloc", build([], target), "perfalloc"),
+                   (f"perfalloc@{args.baseline}", build([], target / "baseline", src),
+                    "perfalloc")]
+    elif args.stats_overhead:
         configs = [("perfalloc", build([], target), "perfalloc"),
                    ("perfalloc-nostats", build(["--no-default-features"], target / "nostats"),
                     "perfalloc")]
