@@ -1,4 +1,5 @@
-//! Large blocks: above 128 KiB, or aligned beyond what a heap page can honour.
+//! Large blocks: above 128 KiB, or aligned beyond what a heap page can honour. `heap::realloc` also
+//! puts blocks it grows to 64 KiB or more in the arena (`extent::GROWN_MIN`); they are freed here.
 //!
 //! Blocks of up to `extent::MAX_EXTENT` bytes aligned to at most `extent::GRANULE` come from the
 //! shared extent arena (`extent`), which reuses freed memory while it is resident. The rest, and
