@@ -117,9 +117,11 @@ pub fn len_of(size: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionId(usize);
 
-/// The region holding `p`, a live large block, if it was allocated here. A direct mapping never
-/// lies in a region, and the region of a live block is never unmapped, so the answer is stable for
-/// as long as the block lives. (An empty slot holds 0, which a direct mapping in the lowest
+/// The region holding `p`, a live block of any kind, if it was allocated here. A direct mapping
+/// or a heap segment never lies in a region (each is a mapping of its own, and a region's slot is
+/// cleared before it is unmapped), and the region of a live block is never unmapped, so the answer
+/// is stable for as long as the block lives. `heap::free` asks it for blocks of a class's size of
+/// `GROWN_MIN` or more. (An empty slot holds 0, which a direct mapping in the lowest
 /// 128 MiB of the address space would match without the `base != 0` test.)
 #[inline]
 pub fn region_of(p: *mut u8) -> Option<RegionId> {

@@ -390,11 +390,13 @@ unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
 #[inline(never)]
 unsafe fn free_general(p: *mut u8, size: usize, align: usize, heap: &Heap) {
     match size_class::class_of(size, align) {
-        // SAFETY: forwarded caller promise.
+        // SAFETY: forwarded caller promise. Not in an arena region, so (the invariant at
+        // `extent::GROWN_MIN`) a block of the class: segments and regions are separate mappings.
         Some(class) if grown_region(p, size).is_none() => unsafe {
             free_small(heap, p.cast(), class, size)
         },
-        // SAFETY: forwarded caller promise.
+        // SAFETY: forwarded caller promise: a block above the classes, or one of a class's size
+        // in an arena region, which only `realloc_to_arena` puts there (`extent::GROWN_MIN`).
         _ => unsafe { free_large(p, size, heap) },
     }
 }
@@ -2175,11 +2177,12 @@ mod tests {
                 let region = grown_region(a, grown).expect("grown into the arena");
                 fill(a, grown, 2);
                 let end = a as usize + extent::len_of(grown);
+                // Take granules until one past `a` in its region comes back (or none is left):
+                // first fit hands out every lower free granule first, in any region.
                 let mut taken = Vec::new();
                 while let Some((g, _)) = extent::alloc(extent::GRANULE, false) {
                     taken.push(g);
-                    let same = extent::region_of(g) == Some(region);
-                    if !same || g as usize >= end {
+                    if extent::region_of(g) == Some(region) && g as usize >= end {
                         break;
                     }
                 }

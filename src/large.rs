@@ -292,7 +292,8 @@ pub fn alloc(
 /// Frees a large block; returns its mapping length.
 ///
 /// # Safety
-/// `p` came from `alloc`/`realloc` here with `size` bytes and is no longer used.
+/// `p` came from `alloc`/`realloc` here, or from `extent::alloc`/`extent::resize` (a block
+/// `heap::realloc` grew into the arena), with `size` bytes, and is no longer used.
 pub unsafe fn free(cache: &LargeCache, p: *mut u8, size: usize) -> usize {
     if let Some(region) = extent::region_of(p) {
         // SAFETY: forwarded caller promise; `p` is in the arena.
