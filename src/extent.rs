@@ -98,6 +98,10 @@ static ARENA: SpinLock<Arena> = SpinLock::new(Arena {
 /// The region bases, readable without the lock (written under it). A live block's region is never
 /// unmapped, so `region_of` may read these while another thread changes other slots.
 static BASES: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
+/// One more than the highest slot ever given a region (it never falls): `region_of` reads no
+/// slot at or above it, so a program with one region pays one load, and one with none pays none
+/// (every free of a 64-128 KiB block asks). Written under the lock before the slot's base.
+static SLOTS_USED: AtomicUsize = AtomicUsize::new(0);
 /// When the next purge is due (milliseconds of `os::now_ms`), or 0 if nothing is dirty.
 static DEADLINE: AtomicU64 = AtomicU64::new(0);
 
@@ -126,7 +130,8 @@ pub struct RegionId(usize);
 #[inline]
 pub fn region_of(p: *mut u8) -> Option<RegionId> {
     let base = p as usize & !(REGION_SIZE - 1);
-    BASES
+    let used = SLOTS_USED.load(Relaxed).min(MAX_REGIONS);
+    BASES[..used]
         .iter()
         .position(|b| base != 0 && b.load(Relaxed) == base)
         .map(RegionId)
@@ -250,6 +255,9 @@ impl Arena {
         region.dirty = [0; WORDS];
         region.stale = [0; WORDS];
         region.used_granules = 0;
+        if SLOTS_USED.load(Relaxed) <= r {
+            SLOTS_USED.store(r + 1, Relaxed);
+        }
         BASES[r].store(base, Relaxed);
         Some(r)
     }
