@@ -517,10 +517,7 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
             let Some((q, old_len, new_len)) = resized else {
                 return ptr::null_mut();
             };
-            let c = &heap.counters;
-            c.realloc(old, new);
-            ThreadCounters::bump(&c.large_active, new_len as i64 - old_len as i64);
-            ThreadCounters::bump(&c.large_live, new as i64 - old as i64);
+            count_large_resized(heap, (old, old_len), (new, new_len));
             return q;
         }
     }
@@ -555,26 +552,17 @@ unsafe fn realloc_to_arena(
     new: usize,
 ) -> Option<*mut u8> {
     debug_assert!(old_class.is_some() != grown.is_some());
-    let c = &heap.counters;
     if let Some(region) = grown {
         // SAFETY: `p` is a live block of `old` bytes in `region`, the caller's; `new` is below
         // `MAX_EXTENT`.
         if let Some(new_len) = unsafe { extent::resize(region, p, old, new) } {
-            c.realloc(old, new);
-            let old_len = extent::len_of(old);
-            ThreadCounters::bump(&c.large_active, new_len as i64 - old_len as i64);
-            ThreadCounters::bump(&c.large_live, new as i64 - old as i64);
+            count_large_resized(heap, (old, extent::len_of(old)), (new, new_len));
             return Some(p);
         }
     }
     let (q, len) = extent::alloc(new, false)?;
     // Counted as an allocation and a free, then as one move, like any moving realloc.
-    c.alloc_slow(new);
-    if cfg!(feature = "stats") {
-        c.large_allocs.add(1);
-        ThreadCounters::bump(&c.large_live, new as i64);
-        ThreadCounters::bump(&c.large_active, len as i64);
-    }
+    count_large_alloc(heap, new, len);
     // SAFETY: both blocks are live and distinct, each of at least `min(old, new)` bytes; `p` is
     // the caller's to give up, a block of `old_class` or a large one in the arena.
     unsafe {
@@ -1287,14 +1275,28 @@ fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8
     let Some((p, len)) = taken else {
         return ptr::null_mut();
     };
-    heap.counters.alloc_slow(size);
+    count_large_alloc(heap, size, len);
+    p
+}
+
+/// Counts a large block of `size` bytes, occupying `len`, handed out by `heap`.
+fn count_large_alloc(heap: &Heap, size: usize, len: usize) {
+    let c = &heap.counters;
+    c.alloc_slow(size);
     if cfg!(feature = "stats") {
-        let c = &heap.counters;
         c.large_allocs.add(1);
         ThreadCounters::bump(&c.large_live, size as i64);
         ThreadCounters::bump(&c.large_active, len as i64);
     }
-    p
+}
+
+/// Counts a large block resized where it is, from `(size, len)` `old` to `new` (requested bytes
+/// and bytes occupied).
+fn count_large_resized(heap: &Heap, old: (usize, usize), new: (usize, usize)) {
+    let c = &heap.counters;
+    c.realloc(old.0, new.0);
+    ThreadCounters::bump(&c.large_active, new.1 as i64 - old.1 as i64);
+    ThreadCounters::bump(&c.large_live, new.0 as i64 - old.0 as i64);
 }
 
 /// # Safety

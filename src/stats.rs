@@ -61,8 +61,8 @@ pub struct Stats {
     /// Size classes that have served at least one allocation, smallest first.
     pub size_classes: Vec<ClassStats>,
     /// Blocks kept outside the size classes' pages: requests above the largest class or aligned
-    /// beyond what a class can honour, and blocks that `realloc` grew to 64 KiB or more (they move to the arena of
-    /// large blocks so that they can keep growing in place).
+    /// beyond what a class can honour, and blocks that `realloc` grew to 64 KiB or more (they
+    /// move to the arena of large blocks so that they can keep growing in place).
     pub large: LargeStats,
 }
 
