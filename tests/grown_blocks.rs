@@ -5,6 +5,8 @@
 //! One test in its own binary, so that the arena's layout is this test's alone. The live-block
 //! and `measure` checks need the `stats` feature; the placement checks hold without it.
 
+mod common;
+
 use std::alloc::{alloc, dealloc, realloc, Layout};
 
 #[global_allocator]
@@ -20,14 +22,15 @@ fn aligned(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
 }
 
+// Every byte, not `common::fill`'s sample: a shrink keeps a prefix whose end the sample may miss.
 fn fill(p: *mut u8, len: usize, seed: u8) {
     // SAFETY: the callers' blocks hold at least `len` bytes.
-    unsafe { (0..len).for_each(|i| *p.add(i) = seed ^ (i % 251) as u8) };
+    unsafe { (0..len).for_each(|i| *p.add(i) = common::pattern(seed.into(), i)) };
 }
 
 fn holds(p: *mut u8, len: usize, seed: u8) -> bool {
     // SAFETY: as in `fill`.
-    unsafe { (0..len).all(|i| *p.add(i) == seed ^ (i % 251) as u8) }
+    unsafe { (0..len).all(|i| *p.add(i) == common::pattern(seed.into(), i)) }
 }
 
 /// Reallocates `p` (of `old` bytes) to `new` bytes, checking that the first `keep` bytes survive.
