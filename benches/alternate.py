@@ -16,7 +16,7 @@ With `--baseline REV` they are perfalloc as it is and perfalloc at git revision 
 
     python3 benches/alternate.py --baseline HEAD~1 --rounds 11 realistic/btreemap_10k
 """
-import argparse, os, pathlib, statistics, subprocess, tempfile
+import argparse, os, pathlib, shutil, statistics, subprocess, tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ALLOCS = ["perfalloc", "system", "mimalloc", "jemalloc"]
@@ -59,6 +59,7 @@ def main():
         configs = [("perfalloc", build([], target), "perfalloc"),
                    (f"perfalloc@{args.baseline}", build([], target / "baseline", src),
                     "perfalloc")]
+        shutil.rmtree(src)  # the binary is in target/baseline
     elif args.stats_overhead:
         configs = [("perfalloc", build([], target), "perfalloc"),
                    ("perfalloc-nostats", build(["--no-default-features"], target / "nostats"),
