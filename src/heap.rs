@@ -330,7 +330,7 @@ fn alloc_aligned(size: usize, align: usize, heap: &Heap) -> *mut u8 {
 /// Every request the table does not cover: aligned, above 4 KiB, or large. `heap` is `current()`.
 #[inline(never)]
 fn alloc_general(size: usize, align: usize, heap: &Heap) -> *mut u8 {
-    match size_class::class_of(size, align) {
+    match size_class::class_above_table(size, align) {
         Some(class) => alloc_small(heap, class, size),
         None => alloc_large(size, align, false, heap),
     }
@@ -389,7 +389,7 @@ unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
 /// As for `free`, and `heap` is `current()`.
 #[inline(never)]
 unsafe fn free_general(p: *mut u8, size: usize, align: usize, heap: &Heap) {
-    match size_class::class_of(size, align) {
+    match size_class::class_above_table(size, align) {
         // SAFETY: forwarded caller promise. Not in an arena region, so (the invariant at
         // `extent::GROWN_MIN`) a block of the class: segments and regions are separate mappings.
         Some(class) if grown_region(p, size).is_none() => unsafe {

@@ -23,6 +23,12 @@ pub const MAX_SMALL_PAGE_BLOCK: usize = 8 * 1024;
 pub const TABLE_MAX: usize = 4096;
 /// The alignment every class guarantees without rounding (all block sizes are multiples of 8).
 pub const FAST_ALIGN: usize = 8;
+/// Requests above `TABLE_MAX` (up to `MAX_SMALL_SIZE`) find their class in `CLASS_OF_KIB`, one
+/// entry per this many bytes: every class boundary above `TABLE_MAX` is a multiple of it.
+const KIB: usize = 1024;
+/// The alignment every class above `TABLE_MAX` guarantees: its blocks are multiples of `KIB`, at
+/// multiples of their size from a page aligned to 64 KiB or more.
+pub const KIB_ALIGN: usize = KIB;
 
 const fn compute_class(size: usize) -> usize {
     if size <= 64 {
@@ -88,6 +94,35 @@ const fn table_is_in_range() -> bool {
 }
 const_assert!(table_is_in_range());
 
+const fn make_kib_table() -> [u8; MAX_SMALL_SIZE / KIB] {
+    let mut t = [0u8; MAX_SMALL_SIZE / KIB];
+    let mut i = 0;
+    while i < t.len() {
+        // Entry `i` covers sizes `i * KIB + 1 ..= (i + 1) * KIB`; the largest decides.
+        t[i] = compute_class((i + 1) * KIB) as u8;
+        i += 1;
+    }
+    t
+}
+
+/// `CLASS_OF_KIB[(size - 1) / KIB]` is the class of `size` for `TABLE_MAX < size <=
+/// MAX_SMALL_SIZE`: 128 bytes of table instead of the arithmetic of `compute_class`.
+const CLASS_OF_KIB: [u8; MAX_SMALL_SIZE / KIB] = make_kib_table();
+
+/// Every class boundary above `TABLE_MAX` falls on a multiple of `KIB`, so all sizes one entry of
+/// `CLASS_OF_KIB` covers share a class; and each of those blocks is a multiple of `KIB_ALIGN`.
+const fn kib_classes_split_on_kib() -> bool {
+    let mut c = compute_class(TABLE_MAX) + 1;
+    while c < CLASSES {
+        if compute_block_size(c) % KIB != 0 || compute_block_size(c) % KIB_ALIGN != 0 {
+            return false;
+        }
+        c += 1;
+    }
+    TABLE_MAX % KIB == 0 && compute_block_size(compute_class(TABLE_MAX)) == TABLE_MAX
+}
+const_assert!(kib_classes_split_on_kib());
+
 const_assert!(compute_block_size(CLASSES - 1) == MAX_SMALL_SIZE);
 const_assert!(compute_block_size(SMALL_CLASSES - 1) == MAX_SMALL_PAGE_BLOCK);
 const_assert!(compute_class(MAX_SMALL_SIZE) == CLASSES - 1);
@@ -118,6 +153,17 @@ pub fn table_class(size: usize) -> usize {
 pub fn class_of(size: usize, align: usize) -> Option<usize> {
     if is_table_size(size, align) {
         return Some(table_class(size));
+    }
+    class_above_table(size, align)
+}
+
+/// `class_of` for a request that `is_table_size` turned away: above 4 KiB or aligned above 8.
+/// One table load when it is above 4 KiB and aligned to at most 1 KiB, the arithmetic otherwise.
+#[inline]
+pub fn class_above_table(size: usize, align: usize) -> Option<usize> {
+    debug_assert!(!is_table_size(size, align));
+    if size > TABLE_MAX && size <= MAX_SMALL_SIZE && align <= KIB_ALIGN {
+        return Some(CLASS_OF_KIB[(size - 1) / KIB] as usize);
     }
     class_of_slow(size, align)
 }
@@ -179,6 +225,29 @@ mod tests {
             assert_eq!(table_class(size), compute_class(size), "size {size}");
         }
         assert!(!is_table_size(TABLE_MAX + 1, 1) && !is_table_size(8, FAST_ALIGN * 2));
+    }
+
+    #[test]
+    fn the_kib_table_agrees_with_the_computation() {
+        for size in TABLE_MAX + 1..=MAX_SMALL_SIZE {
+            for align in [1, FAST_ALIGN, 16, 64, KIB_ALIGN] {
+                let c = class_of(size, align);
+                assert_eq!(c, Some(compute_class(size)), "size {size} align {align}");
+                assert_eq!(
+                    block_size(c.unwrap()) % align,
+                    0,
+                    "size {size} align {align}"
+                );
+            }
+        }
+        // Past the table's range or its alignment: the arithmetic, or large.
+        assert_eq!(class_of(MAX_SMALL_SIZE + 1, 1), None);
+        let c = class_of(TABLE_MAX + 1, 2 * KIB_ALIGN).unwrap();
+        assert_eq!(
+            block_size(c),
+            8 * 1024,
+            "the power of two at or above the size"
+        );
     }
 
     #[test]
