@@ -3,8 +3,9 @@
 # Runs each allocator at two iteration counts and divides the difference, which cancels start-up.
 # The last column subtracts the `noop` allocator's count: the loop and the two calls, not the
 # allocator's own work.
-# Usage: benches/callgrind.sh [size] [grow]   (default 64; with `grow`, each round is an alloc of
-# `size`, a realloc to twice that and a free, as a growing `String` or `Vec` makes)
+# Usage: benches/callgrind.sh [size[:align]] [grow]   (default 64, aligned to 8; with `grow`, each
+# round is an alloc of `size`, a realloc to twice that and a free, as a growing `String` or `Vec`
+# makes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-64}

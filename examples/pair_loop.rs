@@ -1,6 +1,6 @@
 //! An alloc+free loop for counting instructions per pair with callgrind (see `benches/callgrind.sh`).
 //!
-//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size> <iterations> [grow]`: each allocator is
+//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size[:align]> <iterations> [grow]`: each allocator is
 //! called through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the
 //! global one. `noop` hands out one static buffer and frees nothing: what it counts is the loop and
 //! the calls themselves, to subtract from the others. It prints the time a pair took, which
@@ -21,13 +21,18 @@ static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// The harness alone: an allocator of one block, whose alloc is one load and free one store (so
 /// that the compiler cannot drop the calls).
 struct Noop;
-/// The one block: words, so that it is aligned to 8 as this example's layouts ask.
 const NOOP_BUF_SIZE: usize = 1 << 16;
-static mut NOOP_BUF: [u64; NOOP_BUF_SIZE / 8] = [0; NOOP_BUF_SIZE / 8];
+/// The most alignment `noop` serves.
+const NOOP_ALIGN: usize = 4096;
+/// The one block.
+#[repr(C, align(4096))]
+struct NoopBuf([u8; NOOP_BUF_SIZE]);
+static mut NOOP_BUF: NoopBuf = NoopBuf([0; NOOP_BUF_SIZE]);
+static_assertions::const_assert_eq!(core::mem::align_of::<NoopBuf>(), NOOP_ALIGN);
 static NOOP_FREE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
-// SAFETY: every request gets the same static buffer, aligned to 8 (as this example's layouts ask)
-// and as large as any size `main` lets `noop` take; nothing reads or writes through it.
+// SAFETY: every request gets the same static buffer, as large and as aligned as any layout `main`
+// lets `noop` take; nothing reads or writes through it.
 unsafe impl GlobalAlloc for Noop {
     unsafe fn alloc(&self, _: Layout) -> *mut u8 {
         let p = NOOP_FREE.load(Relaxed);
@@ -106,15 +111,19 @@ unsafe fn shim_dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, size: usize, align: us
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map(String::as_str).unwrap_or("perfalloc");
-    let size: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    // `SIZE` or `SIZE:ALIGN` (alignment 8 unless given).
+    let spec = args.get(2).map(String::as_str).unwrap_or("64");
+    let (size, align) = spec.split_once(':').unwrap_or((spec, "8"));
+    let size: usize = size.parse().expect("size: a number of bytes");
+    let align: usize = align.parse().expect("alignment: a number of bytes");
     let n: u64 = args
         .get(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let layout = Layout::from_size_align(size, 8).unwrap();
+    let layout = Layout::from_size_align(size, align).expect("a valid layout");
     assert!(
-        which != "noop" || size <= NOOP_BUF_SIZE,
-        "noop serves up to {NOOP_BUF_SIZE} bytes"
+        which != "noop" || size <= NOOP_BUF_SIZE && align <= NOOP_ALIGN,
+        "noop serves up to {NOOP_BUF_SIZE} bytes aligned to at most {NOOP_ALIGN}"
     );
     let grow = args.get(4).map(String::as_str) == Some("grow");
     assert!(

@@ -11,7 +11,7 @@
 
 use criterion::{black_box, BenchmarkId, Criterion, Throughput};
 use std::alloc::{alloc, dealloc, Layout};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +73,23 @@ fn btree() {
         m.remove(&format!("key-{:08}", i.wrapping_mul(2654435761) % 100_000));
     }
     black_box(&m);
+}
+
+/// 1,000 small `HashMap<String, u64>`s of 1-32 entries each, filled one insert at a time (so their
+/// tables grow), as per-request or per-record maps are. hashbrown aligns its tables to 16 bytes,
+/// which no other workload here asks for.
+fn hashmaps() {
+    let mut rng = Rng(11);
+    let maps: Vec<HashMap<String, u64>> = (0..1_000)
+        .map(|_| {
+            let mut m = HashMap::new();
+            for i in 0..1 + rng.next() % 32 {
+                m.insert(format!("field-{i}"), i);
+            }
+            m
+        })
+        .collect();
+    black_box(&maps);
 }
 
 /// A producer thread allocates 100k blocks (16-512 B) in batches of 64; a consumer frees them.
@@ -184,6 +201,7 @@ fn timings(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new(ALLOCATOR, "vec_push_100k"), |b| b.iter(vec_push));
     g.bench_function(BenchmarkId::new(ALLOCATOR, "strings_10k"), |b| b.iter(strings));
     g.bench_function(BenchmarkId::new(ALLOCATOR, "btreemap_10k"), |b| b.iter(btree));
+    g.bench_function(BenchmarkId::new(ALLOCATOR, "hashmaps_1k"), |b| b.iter(hashmaps));
     g.finish();
 
     let mut g = c.benchmark_group("threads");
@@ -229,6 +247,7 @@ fn memory() {
         ("realistic/vec_push_100k", Box::new(vec_push)),
         ("realistic/strings_10k", Box::new(strings)),
         ("realistic/btreemap_10k", Box::new(btree)),
+        ("realistic/hashmaps_1k", Box::new(hashmaps)),
         ("threads/producer_consumer_100k", Box::new(producer_consumer)),
         (
             "threads/larson_2x50k",
@@ -311,6 +330,7 @@ fn count() {
         "realistic/vec_push_100k" => Box::new(vec_push),
         "realistic/strings_10k" => Box::new(strings),
         "realistic/btreemap_10k" => Box::new(btree),
+        "realistic/hashmaps_1k" => Box::new(hashmaps),
         "threads/producer_consumer_100k" => Box::new(producer_consumer),
         "threads/larson_2x50k" => Box::new(|| larson(&slots)),
         other => panic!("no workload {other} in this mode"),
