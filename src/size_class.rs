@@ -122,6 +122,7 @@ const fn kib_classes_split_on_kib() -> bool {
     TABLE_MAX % KIB == 0 && compute_block_size(compute_class(TABLE_MAX)) == TABLE_MAX
 }
 const_assert!(kib_classes_split_on_kib());
+const_assert!(TABLE_MAX % 16 == 0);
 
 const_assert!(compute_block_size(CLASSES - 1) == MAX_SMALL_SIZE);
 const_assert!(compute_block_size(SMALL_CLASSES - 1) == MAX_SMALL_PAGE_BLOCK);
@@ -158,14 +159,28 @@ pub fn class_of(size: usize, align: usize) -> Option<usize> {
 }
 
 /// `class_of` for a request that `is_table_size` turned away: above 4 KiB or aligned above 8.
-/// One table load when it is above 4 KiB and aligned to at most 1 KiB, the arithmetic otherwise.
+/// One table load when it is above 4 KiB and aligned to at most 1 KiB, or up to 4 KiB and aligned
+/// to 16 (what `HashMap` tables ask for: hashbrown aligns them to its 16-byte control groups); the
+/// arithmetic otherwise.
 #[inline]
 pub fn class_above_table(size: usize, align: usize) -> Option<usize> {
     debug_assert!(!is_table_size(size, align));
     if size > TABLE_MAX && size <= MAX_SMALL_SIZE && align <= KIB_ALIGN {
         return Some(CLASS_OF_KIB[(size - 1) / KIB] as usize);
     }
+    if size <= TABLE_MAX && align == 16 {
+        return Some(table_class_16(size));
+    }
     class_of_slow(size, align)
+}
+
+/// The class of a request of at most `TABLE_MAX` bytes aligned to 16: that of the size rounded up
+/// to 16, a multiple of 16 (as in `class_of_slow`), and still in the table (`TABLE_MAX` is a
+/// multiple of 16).
+#[inline(always)]
+pub fn table_class_16(size: usize) -> usize {
+    debug_assert!(size <= TABLE_MAX);
+    table_class((size + 15) & !15)
 }
 
 fn class_of_slow(size: usize, align: usize) -> Option<usize> {
@@ -248,6 +263,16 @@ mod tests {
             8 * 1024,
             "the power of two at or above the size"
         );
+    }
+
+    #[test]
+    fn sixteen_byte_aligned_requests_take_the_class_of_their_rounded_size() {
+        for size in 1..=TABLE_MAX {
+            let c = class_of(size, 16).unwrap();
+            assert_eq!(c, compute_class(size.next_multiple_of(16)), "size {size}");
+            assert_eq!(block_size(c) % 16, 0, "size {size}");
+            assert!(block_size(c) >= size);
+        }
     }
 
     #[test]
