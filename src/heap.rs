@@ -320,14 +320,15 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     alloc_small(heap, size_class::table_class(size), size)
 }
 
-/// A table size with an alignment above `FAST_ALIGN`. Alignment 16 has its own test: every
-/// `HashMap` table asks for it (hashbrown's control groups are 16 bytes). `heap` is the calling
+/// A table size with an alignment above `FAST_ALIGN`. Alignment 16 has its own test and class
+/// (`size_class::class_16`): every `HashMap` table asks for it (hashbrown's control groups are 16
+/// bytes). `heap` is the calling
 /// thread's `current()`, as for every function here that takes one.
 #[inline(never)]
 fn alloc_aligned(size: usize, align: usize, heap: &Heap) -> *mut u8 {
     debug_assert!(size <= size_class::TABLE_MAX);
     if align == 16 {
-        return alloc_small(heap, size_class::table_class_16(size), size);
+        return alloc_small(heap, size_class::class_16(size), size);
     }
     alloc_general(size, align, heap)
 }
@@ -389,7 +390,7 @@ unsafe fn free_aligned(p: *mut u8, size: usize, align: usize, heap: &Heap) {
     debug_assert!(size <= size_class::TABLE_MAX);
     if align == 16 {
         // SAFETY: forwarded caller promise; a table size has no arena block (`extent::GROWN_MIN`).
-        return unsafe { free_small(heap, p.cast(), size_class::table_class_16(size), size) };
+        return unsafe { free_small(heap, p.cast(), size_class::class_16(size), size) };
     }
     // SAFETY: forwarded caller promise.
     unsafe { free_general(p, size, align, heap) }
