@@ -70,20 +70,28 @@ macro_rules! dispatch {
 }
 
 // SAFETY: every call goes to one of four allocators, the same one for the whole run.
+// Built with `--cfg alloc_share` (as `benches/alloc_share.sh` builds it), these methods are never
+// inlined, so that callgrind can count every instruction spent inside them: inlined into the
+// workload's code (hashbrown's drop, for one), an allocator's fast path and the slow paths it
+// jumps to would be counted as the workload's own.
 unsafe impl GlobalAlloc for Same {
-    #[inline]
+    #[cfg_attr(alloc_share, inline(never))]
+    #[cfg_attr(not(alloc_share), inline)]
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         dispatch!(alloc(l))
     }
-    #[inline]
+    #[cfg_attr(alloc_share, inline(never))]
+    #[cfg_attr(not(alloc_share), inline)]
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         dispatch!(alloc_zeroed(l))
     }
-    #[inline]
+    #[cfg_attr(alloc_share, inline(never))]
+    #[cfg_attr(not(alloc_share), inline)]
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         dispatch!(dealloc(p, l))
     }
-    #[inline]
+    #[cfg_attr(alloc_share, inline(never))]
+    #[cfg_attr(not(alloc_share), inline)]
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         dispatch!(realloc(p, l, new))
     }

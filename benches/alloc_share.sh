@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Instructions per iteration of the single-thread workloads, split into the allocator's part (inside
-# `__rust_alloc`, `__rust_dealloc`, `__rust_realloc`, `__rust_alloc_zeroed`, callees included) and
+# `alloc_same`'s `alloc`, `dealloc`, `realloc` and `alloc_zeroed`, callees included) and
 # the rest, counted by callgrind in `alloc_same` (the workloads' own code is the same machine code
 # for all four allocators). Each figure is the difference between runs of 6 and 1 iterations,
 # divided by 5, which cancels start-up. The last column is what the rest alone would take, as a
 # fraction of System's whole: the most any allocator could gain over System there by instructions.
-# Usage: benches/alloc_share.sh [workload ...]   (default: the three realistic workloads)
+# Usage: benches/alloc_share.sh [workload ...]   (default: the four realistic workloads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workloads=("$@")
-[ ${#workloads[@]} -gt 0 ] || workloads=(realistic/vec_push_100k realistic/strings_10k realistic/btreemap_10k)
-cargo build -q --profile bench --bench alloc_same
-bin=$(cargo bench -q --bench alloc_same --no-run --message-format=json 2>/dev/null |
+[ ${#workloads[@]} -gt 0 ] || workloads=(realistic/vec_push_100k realistic/strings_10k realistic/btreemap_10k
+  realistic/hashmaps_1k)
+# Built with `--cfg alloc_share`, in a target directory of its own: `alloc_same`'s allocator
+# methods are then never inlined, so that every instruction of an allocation is counted inside one.
+export RUSTFLAGS="${RUSTFLAGS:-} --cfg alloc_share"
+bin=$(cargo bench -q --bench alloc_same --no-run --target-dir target/alloc_share \
+  --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*alloc_same[^"]*\)".*/\1/p' | tail -n 1)
 toggles=()
-# `*`: rustc 1.95 names them `__rustc::__rust_alloc`, older ones plain `__rust_alloc`.
-for f in alloc dealloc realloc alloc_zeroed; do toggles+=("--toggle-collect=*__rust_$f"); done
+for f in alloc dealloc realloc alloc_zeroed; do
+  toggles+=("--toggle-collect=<alloc_same::Same as core::alloc::global::GlobalAlloc>::$f")
+done
 count() { # allocator workload iterations [alloc]
   local extra=()
   [ "${4:-}" = alloc ] && extra=(--collect-atstart=no "${toggles[@]}")
