@@ -53,9 +53,8 @@ const PURGE_DELAY_MS: u64 = 200;
 static_assertions::const_assert!(REGION_SIZE % (GRANULE * 64) == 0);
 static_assertions::const_assert!(GRANULE % PAGE_SIZE == 0);
 static_assertions::const_assert!(MAX_EXTENT <= REGION_SIZE);
-// `heap::free_aligned` frees table sizes without asking `region_of`.
-static_assertions::const_assert!(crate::size_class::TABLE_MAX < GROWN_MIN);
-// A grown block is never freed by `heap::free`'s inline path, which takes only table sizes.
+// A grown block is never freed by `heap::free`'s inline path or `heap::free_aligned`'s
+// 16-aligned one, which take only table sizes, without asking `region_of`.
 static_assertions::const_assert!(
     GROWN_MIN % GRANULE == 0
         && GROWN_MIN <= crate::size_class::MAX_SMALL_SIZE

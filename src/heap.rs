@@ -322,8 +322,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
 
 /// A table size with an alignment above `FAST_ALIGN`. Alignment 16 has its own test and class
 /// (`size_class::class_16`): every `HashMap` table asks for it (hashbrown's control groups are 16
-/// bytes). `heap` is the calling
-/// thread's `current()`, as for every function here that takes one.
+/// bytes). `heap` is the calling thread's `current()`, as for every function here that takes one.
 #[inline(never)]
 fn alloc_aligned(size: usize, align: usize, heap: &Heap) -> *mut u8 {
     debug_assert!(size <= size_class::TABLE_MAX);

@@ -30,6 +30,8 @@ const MAX_PAGES: usize = SEGMENT_SIZE >> SMALL_PAGE_SHIFT;
 
 static_assertions::const_assert!(core::mem::size_of::<Segment>() <= 1 << SMALL_PAGE_SHIFT);
 static_assertions::const_assert!(MAX_PAGES <= 64);
+// Blocks above 4 KiB are promised alignment up to `KIB_ALIGN` by being multiples of it.
+static_assertions::const_assert!(1 << SMALL_PAGE_SHIFT >= size_class::KIB_ALIGN);
 
 /// The identity of the heap that owns a segment. Opaque here (segments sit below heaps and never
 /// look inside one); the heap module converts its own address to and from it.

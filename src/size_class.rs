@@ -2,9 +2,11 @@
 //!
 //! Classes are 8 B apart up to 64 B, then four per power of two (80, 96, 112, 128, 160, 192, ...),
 //! the spacing mimalloc and jemalloc use: a request above 64 B is rounded up by less than 25% of
-//! itself, and by less than 20% of the block it lands in. Every power of two is a class, so an
-//! aligned request can be served by the power-of-two class of `max(size, align)`: blocks sit at
-//! `page_start + i * block_size` and pages are aligned to their own size.
+//! itself, and by less than 20% of the block it lands in. Blocks sit at `page_start + i *
+//! block_size` in pages aligned to 64 KiB or more, so a block is aligned to the largest power of two
+//! its class divides by. An aligned request takes its own class when that is a multiple of the
+//! alignment (up to 16 for any size, up to 1 KiB above 4 KiB, where every class is a multiple of
+//! 1 KiB); otherwise the power-of-two class of `max(size, align)`, as every power of two is a class.
 //!
 //! Classes `0..SMALL_CLASSES` (blocks up to 8 KiB) live in 64 KiB pages; classes
 //! `SMALL_CLASSES..CLASSES` (10 KiB to 128 KiB) in 512 KiB pages; larger requests go to `large`.
@@ -110,11 +112,12 @@ const fn make_kib_table() -> [u8; MAX_SMALL_SIZE / KIB] {
 const CLASS_OF_KIB: [u8; MAX_SMALL_SIZE / KIB] = make_kib_table();
 
 /// Every class boundary above `TABLE_MAX` falls on a multiple of `KIB`, so all sizes one entry of
-/// `CLASS_OF_KIB` covers share a class; and each of those blocks is a multiple of `KIB_ALIGN`.
+/// `CLASS_OF_KIB` covers share a class; and each of those blocks is a multiple of `KIB_ALIGN`
+/// (the same constant: a block size that is a multiple of it is aligned to it).
 const fn kib_classes_split_on_kib() -> bool {
     let mut c = compute_class(TABLE_MAX) + 1;
     while c < CLASSES {
-        if compute_block_size(c) % KIB != 0 || compute_block_size(c) % KIB_ALIGN != 0 {
+        if compute_block_size(c) % KIB_ALIGN != 0 {
             return false;
         }
         c += 1;
@@ -158,9 +161,9 @@ pub fn class_of(size: usize, align: usize) -> Option<usize> {
 }
 
 /// `class_of` for a request that `is_table_size` turned away: above 4 KiB or aligned above 8.
-/// One table load when it is above 4 KiB and aligned to at most 1 KiB, or up to 4 KiB and aligned
-/// to 16 (what `HashMap` tables ask for: hashbrown aligns them to its 16-byte control groups); the
-/// arithmetic otherwise.
+/// One table load when it is above 4 KiB and aligned to at most 1 KiB; `class_16` when it is up to
+/// 4 KiB and aligned to 16 (what `HashMap` tables ask for: hashbrown aligns them to its 16-byte
+/// control groups); `class_of_slow` otherwise.
 #[inline]
 pub fn class_above_table(size: usize, align: usize) -> Option<usize> {
     debug_assert!(!is_table_size(size, align));
@@ -174,10 +177,8 @@ pub fn class_above_table(size: usize, align: usize) -> Option<usize> {
 }
 
 /// The class of a request of at most `TABLE_MAX` bytes aligned to 16: that of the size rounded up
-/// to 16, a multiple of 16 (as in `class_of_slow`). Computed, not read from `CLASS_OF_SIZE`,
-/// though the table would take fewer instructions: with the load, `realistic/hashmaps_1k` ran 6%
-/// slower (`benches/alternate.py --baseline`, 15 rounds). Why was not found: callgrind's cache
-/// model counts the same misses both ways, and this machine has no hardware counters.
+/// to 16, a multiple of 16 (as in `class_of_slow`). Computed, not read from `CLASS_OF_SIZE`: with
+/// the load, a HashMap workload ran 6% slower, for a reason not found (`benches/NOTES.md`).
 #[inline(always)]
 pub fn class_16(size: usize) -> usize {
     debug_assert!(size <= TABLE_MAX);

@@ -69,7 +69,8 @@ fn alignments_up_to_64k_are_honoured_for_every_size_class_boundary() {
     for shift in 0..=16 {
         let align = 1usize << shift;
         for size in [
-            1, 8, 15, 16, 17, 64, 65, 1000, 1024, 1025, 8192, 8193, 65_536, 131_072, 131_073,
+            1, 8, 15, 16, 17, 24, 64, 65, 1000, 1024, 1025, 4000, 4096, 4097, 5000, 8192, 8193,
+            9000, 65_536, 70_000, 131_072, 131_073,
         ] {
             id += 1;
             blocks.push(Blk::new(size, align, id, id % 2 == 0));

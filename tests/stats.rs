@@ -291,6 +291,80 @@ fn report_and_serde_round_trip() {
     drop(keep);
 }
 
+/// Live blocks per class block size, from one snapshot, kept on the stack so that taking one
+/// adds no block to any class (the snapshot's own vector is freed before the next is taken).
+#[derive(PartialEq, Debug)]
+struct ClassLive([(u64, u64); 64]);
+
+impl ClassLive {
+    fn now() -> ClassLive {
+        let mut t = [(0, 0); 64];
+        for (slot, c) in t.iter_mut().zip(&stats().size_classes) {
+            *slot = (c.block_size, c.live_blocks);
+        }
+        ClassLive(t)
+    }
+    fn of(&self, block_size: u64) -> u64 {
+        self.0
+            .iter()
+            .find(|&&(b, _)| b == block_size)
+            .map_or(0, |&(_, n)| n)
+    }
+    /// Equal live blocks in every class either snapshot lists (a class unused so far is absent).
+    fn same_as(&self, o: &ClassLive) -> bool {
+        self.0
+            .iter()
+            .chain(&o.0)
+            .all(|&(b, _)| self.of(b) == o.of(b))
+    }
+}
+
+/// Aligned requests take paths of their own (16-aligned ones up to 4 KiB, KiB-table ones above
+/// 4 KiB): the free must put each block back in the class its allocation took it from, or one
+/// class's live blocks would stay up and another's fall.
+fn aligned_blocks_are_freed_into_the_class_they_came_from() {
+    use std::alloc::{alloc, dealloc, Layout};
+    const N: usize = 50;
+    let cases = [
+        (24, 16, 32),
+        (64, 16, 64),
+        (4000, 16, 4096),
+        (3000, 32, 4096),
+        (5000, 64, 5120),
+        (5000, 1024, 5120),
+        (9000, 32, 10240),
+        (70_000, 512, 81_920),
+    ];
+    let mut blocks = [std::ptr::null_mut::<u8>(); N];
+    for (size, align, block) in cases {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        let before = ClassLive::now();
+        for p in &mut blocks {
+            // SAFETY: a valid non-zero layout; every block is freed below with it.
+            *p = unsafe { alloc(layout) };
+        }
+        let during = ClassLive::now();
+        for &p in &blocks {
+            assert!(
+                !p.is_null() && p as usize % align == 0,
+                "{size} B aligned to {align}"
+            );
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { dealloc(p, layout) };
+        }
+        let after = ClassLive::now();
+        assert_eq!(
+            during.of(block),
+            before.of(block) + N as u64,
+            "{size} B aligned to {align}: not from the {block}-byte class"
+        );
+        assert!(
+            after.same_as(&before),
+            "{size} B aligned to {align}: {after:?} against {before:?}"
+        );
+    }
+}
+
 fn a_refused_allocation_changes_no_figure() {
     let before = stats();
     let thread_before = thread_stats();
@@ -651,6 +725,10 @@ fn main() {
             limit_refuses_a_small_realloc_and_keeps_the_block,
         ),
         ("report_and_serde_round_trip", report_and_serde_round_trip),
+        (
+            "aligned_blocks_are_freed_into_the_class_they_came_from",
+            aligned_blocks_are_freed_into_the_class_they_came_from,
+        ),
         (
             "a_refused_allocation_changes_no_figure",
             a_refused_allocation_changes_no_figure,
