@@ -14,6 +14,7 @@ workloads=("$@")
 # Built with `--cfg alloc_share`, in a target directory of its own: `alloc_same`'s allocator
 # methods are then never inlined, so that every instruction of an allocation is counted inside one.
 export RUSTFLAGS="${RUSTFLAGS:-} --cfg alloc_share"
+cargo bench -q --bench alloc_same --no-run --target-dir target/alloc_share
 bin=$(cargo bench -q --bench alloc_same --no-run --target-dir target/alloc_share \
   --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*alloc_same[^"]*\)".*/\1/p' | tail -n 1)

@@ -16,23 +16,27 @@ sizes=("$@")
 allocs=(perfalloc system mimalloc jemalloc)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-cargo build --release --example pair_loop -q
-bin=target/release/examples/pair_loop
+# The bench profile (one code unit), as criterion's builds; its output goes to the release directory.
+cargo build --profile bench --example pair_loop -q
+bin=${CARGO_TARGET_DIR:-target}/release/examples/pair_loop
 for r in $(seq 0 $((rounds - 1))); do
   for s in "${sizes[@]}"; do
     for i in 0 1 2 3; do
       a=${allocs[$(((i + r) % 4))]}
-      "$bin" "$a" "$s" "$pairs" | sed -n "s/.*, \([0-9.]*\) ns a pair/\1/p" >>"$dir/$a.${s/:/_}"
+      t=$("$bin" "$a" "$s" "$pairs" | sed -n "s/.*, \([0-9.]*\) ns a pair/\1/p")
+      [ -n "$t" ] || { echo "pair_loop $a $s printed no time" >&2; exit 1; }
+      echo "$t" >>"$dir/$a.${s/:/_}"
     done
   done
 done
 median() { sort -n "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-echo "| pair | perfalloc | vs system | vs mimalloc | vs jemalloc |  ($rounds rounds of $pairs pairs, medians)"
+echo "$rounds rounds of $pairs pairs; medians, and the others' medians over perfalloc's:"
+echo "| pair | perfalloc | vs system | vs mimalloc | vs jemalloc |"
 echo "|---|---|---|---|---|"
 for s in "${sizes[@]}"; do
   f=${s/:/_}
   p=$(median "$dir/perfalloc.$f")
-  row="| $s | $p ns"
+  row="| $s B | $p ns"
   for a in system mimalloc jemalloc; do
     row="$row | $(echo "$(median "$dir/$a.$f") $p" | awk '{ printf "%.2fx", $1 / $2 }')"
   done
