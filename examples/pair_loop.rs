@@ -1,12 +1,12 @@
 //! An alloc+free loop for counting instructions per pair with callgrind (see `benches/callgrind.sh`).
 //!
-//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size[:align]> <iterations> [grow]`: each allocator is
-//! called through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc` calls the
-//! global one. `noop` hands out one static buffer and frees nothing: what it counts is the loop and
-//! the calls themselves, to subtract from the others. It prints the time a pair took, which
-//! `benches/pair_time.sh` compares across builds (with and without statistics). With `grow`, each
-//! round allocates `size` bytes, reallocates them to twice that (a `String` or `Vec` growing) and
-//! frees the result.
+//! `pair_loop <perfalloc|system|mimalloc|jemalloc|noop> <size[:align]> <iterations> [grow]`: each
+//! allocator is called through its `GlobalAlloc` impl behind a non-inlined shim, as `__rust_alloc`
+//! calls the global one. `noop` hands out one static buffer and frees nothing: what it counts is
+//! the loop and the calls themselves, to subtract from the others. It prints the time a pair took,
+//! which `benches/pair_time.sh` compares across builds (with and without statistics) and
+//! `benches/pair_compare.sh` across allocators. With `grow`, each round allocates `size` bytes,
+//! reallocates them to twice that (a `String` or `Vec` growing) and frees the result.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
