@@ -71,9 +71,7 @@ fn filled(size: usize, align: usize, seed: u8) -> *mut u8 {
 
 /// Live blocks of the class whose blocks are `block_size` bytes (0 if none is in use).
 fn class_live(block_size: u64) -> u64 {
-    let s = perfalloc::stats();
-    let class = s.size_classes.iter().find(|c| c.block_size == block_size);
-    class.map_or(0, |c| c.live_blocks)
+    common::ClassLive::now().of(block_size)
 }
 
 /// Whether the allocator counts (the `stats` feature); without it every figure reads zero.

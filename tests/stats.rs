@@ -2,6 +2,9 @@
 //!
 //! `harness = false`: the tests run one after another on the main thread, with no test-harness
 //! threads allocating beside them, so process-wide deltas are exact.
+mod common;
+
+use common::ClassLive;
 use perfalloc::{measure, stats, thread_stats};
 use std::hint::black_box;
 
@@ -289,34 +292,6 @@ fn report_and_serde_round_trip() {
         serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
     assert_eq!(back, m);
     drop(keep);
-}
-
-/// Live blocks per class block size, from one snapshot, kept on the stack so that taking one
-/// adds no block to any class (the snapshot's own vector is freed before the next is taken).
-#[derive(PartialEq, Debug)]
-struct ClassLive([(u64, u64); 64]);
-
-impl ClassLive {
-    fn now() -> ClassLive {
-        let mut t = [(0, 0); 64];
-        for (slot, c) in t.iter_mut().zip(&stats().size_classes) {
-            *slot = (c.block_size, c.live_blocks);
-        }
-        ClassLive(t)
-    }
-    fn of(&self, block_size: u64) -> u64 {
-        self.0
-            .iter()
-            .find(|&&(b, _)| b == block_size)
-            .map_or(0, |&(_, n)| n)
-    }
-    /// Equal live blocks in every class either snapshot lists (a class unused so far is absent).
-    fn same_as(&self, o: &ClassLive) -> bool {
-        self.0
-            .iter()
-            .chain(&o.0)
-            .all(|&(b, _)| self.of(b) == o.of(b))
-    }
 }
 
 /// Aligned requests take paths of their own (16-aligned ones up to 4 KiB, KiB-table ones above

@@ -153,3 +153,33 @@ pub fn assert_disjoint(blocks: &[Blk]) {
         );
     }
 }
+
+/// Live blocks per class block size, from one snapshot, kept on the stack so that taking one
+/// adds no block to any class (the snapshot's own vector is freed before the next is taken).
+#[derive(PartialEq, Debug)]
+pub struct ClassLive([(u64, u64); 64]);
+
+impl ClassLive {
+    pub fn now() -> ClassLive {
+        let mut t = [(0, 0); 64];
+        let s = perfalloc::stats();
+        assert!(s.size_classes.len() <= t.len(), "room for every class");
+        for (slot, c) in t.iter_mut().zip(&s.size_classes) {
+            *slot = (c.block_size, c.live_blocks);
+        }
+        ClassLive(t)
+    }
+    pub fn of(&self, block_size: u64) -> u64 {
+        self.0
+            .iter()
+            .find(|&&(b, _)| b == block_size)
+            .map_or(0, |&(_, n)| n)
+    }
+    /// Equal live blocks in every class either snapshot lists (a class unused so far is absent).
+    pub fn same_as(&self, o: &ClassLive) -> bool {
+        self.0
+            .iter()
+            .chain(&o.0)
+            .all(|&(b, _)| self.of(b) == o.of(b))
+    }
+}
