@@ -52,14 +52,16 @@ def main():
     args = ap.parse_args()
     target = ROOT / "target"
     if args.baseline:
-        src = pathlib.Path(tempfile.mkdtemp(prefix="perfalloc-baseline-"))
         archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True,
                                  capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-        configs = [("perfalloc", build([], target), "perfalloc"),
-                   (f"perfalloc@{args.baseline}", build([], target / "baseline", src),
-                    "perfalloc")]
-        shutil.rmtree(src)  # the binary is in target/baseline
+        src = pathlib.Path(tempfile.mkdtemp(prefix="perfalloc-baseline-"))
+        try:
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            configs = [("perfalloc", build([], target), "perfalloc"),
+                       (f"perfalloc@{args.baseline}", build([], target / "baseline", src),
+                        "perfalloc")]
+        finally:
+            shutil.rmtree(src)  # the binary, if built, is in target/baseline
     elif args.stats_overhead:
         configs = [("perfalloc", build([], target), "perfalloc"),
                    ("perfalloc-nostats", build(["--no-default-features"], target / "nostats"),
