@@ -1077,7 +1077,7 @@ fn seg_push_back(heap: &Heap, kind: usize, seg: *mut Segment) {
         return seg_push_front(heap, kind, seg);
     }
     // SAFETY: list members are live segments of this heap. (Walks the list: only when a segment
-    // fills up, once per 63 or 7 pages.)
+    // fills up, once per 64 or 7 pages.)
     unsafe {
         while !(*last).next.is_null() {
             last = (*last).next;
@@ -1152,7 +1152,7 @@ fn purge(heap: &Heap, all: bool) {
             unsafe {
                 let next = (*seg).next;
                 let had_free = (*seg).free_pages != 0;
-                for idx in 1..(*seg).page_count as usize {
+                for idx in 0..(*seg).page_count as usize {
                     let page: *mut Page = ptr::addr_of_mut!((*seg).pages[idx]);
                     if (*page).class == NO_CLASS {
                         continue;
@@ -1687,7 +1687,7 @@ mod tests {
             while !seg.is_null() {
                 // SAFETY: the heap's segments are live; the test owns the heap.
                 unsafe {
-                    for idx in 1..(*seg).page_count as usize {
+                    for idx in 0..(*seg).page_count as usize {
                         let page = &(*seg).pages[idx];
                         if page.class as usize == class {
                             used += page.used as i64;

@@ -1,9 +1,11 @@
 //! Segments and pages: how memory from the OS is cut up and how a pointer finds its metadata.
 //!
 //! A **segment** is a `SEGMENT_SIZE` (4 MiB) region aligned to its size, so the segment of any block
-//! is `addr & !(SEGMENT_SIZE - 1)`. Its first page holds the header (this struct); the others are
-//! **pages** of one size each: 63 small pages of 64 KiB, or 7 medium pages of 512 KiB. A page serves
-//! one size class at a time, and `(addr - segment) >> page_shift` finds its `Page` in O(1).
+//! is `addr & !(SEGMENT_SIZE - 1)`. It is cut into **pages** of one size each, 64 small pages of
+//! 64 KiB or 8 medium pages of 512 KiB, and its header (this struct) sits at its start: in the first
+//! `SMALL_HEADER_SIZE` bytes of a small segment, whose page 0 serves blocks after it, and in the whole
+//! of a medium segment's page 0. A page serves one size class at a time, and
+//! `(addr - segment) >> page_shift` finds its `Page` in O(1).
 //!
 //! Small pages keep returned blocks on an intrusive list (`free`) and carve fresh blocks lazily
 //! (`bump`), so untouched memory is never faulted in. A list that comes back scrambled (blocks
@@ -27,8 +29,18 @@ pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
 pub const SMALL_PAGE_SHIFT: u32 = 16;
 pub const MEDIUM_PAGE_SHIFT: u32 = 19;
 const MAX_PAGES: usize = SEGMENT_SIZE >> SMALL_PAGE_SHIFT;
+/// The bytes at the start of a small segment that hold its header; page 0 serves blocks after them.
+/// A whole page would do, but huge pages make all 64 KiB of it resident; this costs page 0 an
+/// eighth of its blocks instead.
+pub const SMALL_HEADER_SIZE: usize = 8 * 1024;
 
-static_assertions::const_assert!(core::mem::size_of::<Segment>() <= 1 << SMALL_PAGE_SHIFT);
+static_assertions::const_assert!(core::mem::size_of::<Segment>() <= SMALL_HEADER_SIZE);
+static_assertions::const_assert!(SMALL_HEADER_SIZE < 1 << SMALL_PAGE_SHIFT);
+// Page 0 of a small segment starts at `SMALL_HEADER_SIZE`, so its blocks keep the alignment the
+// others have (`size_class`: the largest power of two the block size divides by) only if that
+// power divides `SMALL_HEADER_SIZE`: true of every block size up to `MAX_SMALL_PAGE_BLOCK`.
+static_assertions::const_assert!(size_class::MAX_SMALL_PAGE_BLOCK.is_power_of_two());
+static_assertions::const_assert!(SMALL_HEADER_SIZE % size_class::MAX_SMALL_PAGE_BLOCK == 0);
 static_assertions::const_assert!(MAX_PAGES <= 64);
 // Blocks above 4 KiB are promised alignment up to `KIB_ALIGN` by being multiples of it.
 static_assertions::const_assert!(1 << SMALL_PAGE_SHIFT >= size_class::KIB_ALIGN);
@@ -319,7 +331,8 @@ impl Page {
     }
 
     /// Bytes of this page counted in its heap's dirty bytes: the whole page if it is small and
-    /// emptied, the free blocks not yet purged if it is medium.
+    /// emptied (64 KiB, also for page 0, whose header share is not dirty: a bound, as for the
+    /// blocks that do not fill a page), the free blocks not yet purged if it is medium.
     pub fn dirty_bytes(&self) -> usize {
         if self.is_medium() {
             (self.free_mask & !self.purged_mask).count_ones() as usize * self.block_size as usize
@@ -362,9 +375,10 @@ impl Page {
 
 /// A segment header. Lives at the start of its own segment.
 ///
-/// Invariants: `free_pages` has a bit for each page not serving a class (never bit 0, the header),
-/// and the memory of such a page is purged (pages are purged as they are released); `heap` is the
-/// owner and changes only while no block of the segment is live.
+/// Invariants: `free_pages` has a bit for each page not serving a class (never bit 0 of a medium
+/// segment, whose page 0 is the header), and the memory of such a page is purged (pages are purged
+/// as they are released); `heap` is the owner and changes only while no block of the segment is
+/// live.
 #[repr(C)]
 pub struct Segment {
     pub heap: *mut Owner,
@@ -406,13 +420,39 @@ pub unsafe fn page_of(p: *const u8) -> *mut Page {
     }
 }
 
+/// The pages of a segment with pages of `1 << page_shift` bytes that can serve a class: all of a
+/// small segment's, all but page 0 of a medium one's.
+fn usable_pages(page_shift: u32) -> u64 {
+    let all = low_bits((SEGMENT_SIZE >> page_shift) as u32);
+    if page_shift == SMALL_PAGE_SHIFT {
+        all
+    } else {
+        all & !1
+    }
+}
+
 impl Segment {
     pub fn all_pages_mask(&self) -> u64 {
-        low_bits(self.page_count) & !1
+        usable_pages(self.page_shift)
     }
 
     pub fn page_size(&self) -> usize {
         1 << self.page_shift
+    }
+
+    /// The memory page `idx` serves blocks from: `(start, bytes)`. Page 0 of a small segment
+    /// starts after the header.
+    fn page_memory(&self, idx: usize) -> (*mut u8, usize) {
+        debug_assert!(self.all_pages_mask() & 1 << idx != 0);
+        let base = self as *const Segment as usize + (idx << self.page_shift);
+        if idx == 0 {
+            (
+                (base + SMALL_HEADER_SIZE) as *mut u8,
+                self.page_size() - SMALL_HEADER_SIZE,
+            )
+        } else {
+            (base as *mut u8, self.page_size())
+        }
     }
 
     /// Takes a free page for `class`, or `None` if the segment is full.
@@ -425,10 +465,9 @@ impl Segment {
         }
         let idx = self.free_pages.trailing_zeros() as usize;
         self.free_pages &= !(1u64 << idx);
-        let page_size = self.page_size();
-        let start = (self as *mut Segment as usize + idx * page_size) as *mut u8;
+        let (start, len) = self.page_memory(idx);
         let page = &mut self.pages[idx];
-        *page = Page::fresh(start, page_size, class);
+        *page = Page::fresh(start, len, class);
         Some(page)
     }
 
@@ -438,17 +477,17 @@ impl Segment {
     /// The page is in use by the calling thread's heap with `used == 0` (no block of it is live or
     /// held in any bin or list), and it is not in any page queue.
     pub unsafe fn release_page(&mut self, idx: usize) {
-        debug_assert!(idx > 0 && idx < self.page_count as usize);
         debug_assert!(self.pages[idx].used == 0 && !self.pages[idx].in_queue);
         self.pages[idx].class = NO_CLASS;
         self.free_pages |= 1 << idx;
-        let start = self as *mut Segment as usize + (idx << self.page_shift);
-        // SAFETY: the page's memory is unused (caller promise) and lies inside this segment.
-        unsafe { os::purge(start as *mut u8, 1 << self.page_shift) };
+        let (start, len) = self.page_memory(idx);
+        // SAFETY: the page's memory is unused (caller promise) and lies inside this segment, after
+        // its header.
+        unsafe { os::purge(start, len) };
     }
 }
 
-/// Empty segments kept for reuse, already purged (so they hold only their header page resident).
+/// Empty segments kept for reuse, already purged (so they hold only their header resident).
 struct SegmentCache {
     free: [*mut Segment; SEGMENT_CACHE_SLOTS],
     len: usize,
@@ -515,8 +554,7 @@ pub fn acquire(heap: *mut Owner, page_shift: u32, huge: bool) -> Option<NonNull<
         ptr::addr_of_mut!((*seg).heap).write(heap);
         ptr::addr_of_mut!((*seg).page_shift).write(page_shift);
         ptr::addr_of_mut!((*seg).page_count).write(page_count);
-        let all = low_bits(page_count) & !1;
-        ptr::addr_of_mut!((*seg).free_pages).write(all);
+        ptr::addr_of_mut!((*seg).free_pages).write(usable_pages(page_shift));
         ptr::addr_of_mut!((*seg).next).write(ptr::null_mut());
         ptr::addr_of_mut!((*seg).prev).write(ptr::null_mut());
         for i in 0..page_count as usize {
@@ -566,6 +604,42 @@ mod tests {
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0 % n
+        }
+    }
+
+    /// Every page of a small segment serves blocks, page 0 from after the header: each class's
+    /// blocks there fit the page, keep clear of the header and keep their class's alignment.
+    #[test]
+    fn small_page_zero_serves_aligned_blocks_after_the_header() {
+        let owner = NonNull::<Owner>::dangling().as_ptr();
+        let seg = acquire(owner, SMALL_PAGE_SHIFT, false).expect("a segment");
+        // SAFETY: the segment is this test's alone until it is released below, with no block live.
+        unsafe {
+            let base = seg.as_ptr() as usize;
+            assert_eq!((*seg.as_ptr()).free_pages, low_bits(64));
+            for class in 0..size_class::SMALL_CLASSES {
+                let bs = size_class::block_size(class);
+                let page = (*seg.as_ptr()).take_page(class).expect("a page");
+                assert_eq!(page, ptr::addr_of_mut!((*seg.as_ptr()).pages[0]));
+                let start = (*page).start as usize;
+                let end = start + (*page).capacity as usize * bs;
+                assert_eq!(start, base + SMALL_HEADER_SIZE, "class {class}");
+                assert!(end <= base + (1 << SMALL_PAGE_SHIFT), "class {class}");
+                assert_eq!(
+                    (*page).capacity as usize,
+                    ((1 << SMALL_PAGE_SHIFT) - SMALL_HEADER_SIZE) / bs
+                );
+                let align = 1 << bs.trailing_zeros();
+                assert_eq!(
+                    start % align,
+                    0,
+                    "class {class}: blocks of {bs} B lose their alignment"
+                );
+                assert_eq!(page_of((*page).start), page);
+                assert_eq!(page_of((end - 1) as *const u8), page);
+                (*seg.as_ptr()).release_page(0);
+            }
+            release(seg.as_ptr());
         }
     }
 
