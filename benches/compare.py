@@ -5,6 +5,7 @@ rounds, and prints median ratios measured side by side.
     python3 benches/compare.py --rounds 3          # timings, peak memory, release-to-OS
     python3 benches/compare.py --rounds 1 --only pair
     python3 benches/compare.py --stats-overhead --rounds 3   # perfalloc with vs without stats
+    python3 benches/compare.py --memory-only       # peak memory and release-to-OS, no timings
     python3 benches/compare.py --same-binary --rounds 5 --only realistic --skip-memory
         # the four allocators in one binary (alloc_same), so the workloads' own code is identical
 
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--warm-up", default="1")
     ap.add_argument("--measure", default="2")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak memory and release-to-OS tables (no criterion rounds)")
     ap.add_argument("--stats-overhead", action="store_true",
                     help="compare perfalloc with and without the stats feature instead")
     ap.add_argument("--same-binary", action="store_true",
@@ -63,6 +66,13 @@ def main():
         args.skip_memory = True
     if args.same_binary:
         ALLOCS = ["same-" + a for a in ALLOCS]
+    if not args.memory_only:
+        timings(args)
+    if not args.skip_memory:
+        memory()
+
+
+def timings(args):
     base = ALLOCS[0]
     rounds = []
     for r in range(args.rounds):
@@ -90,8 +100,9 @@ def main():
             ratios = [r[a][n] / r[base][n] for r in rounds if n in r[a]]
             cells.append(f"{statistics.median(ratios):.2f}x" if ratios else "-")
         print(f"| {n} | {fmt_ns(perf)} | " + " | ".join(cells) + " |")
-    if args.skip_memory:
-        return
+
+
+def memory():
     mem = {}
     for a in ALLOCS:
         for line in bench(a, [], {"ALLOC_BENCH_MODE": "memory"}).splitlines():
