@@ -1305,8 +1305,10 @@ fn count_large_alloc(heap: &Heap, size: usize, len: usize) {
 fn count_large_resized(heap: &Heap, old: (usize, usize), new: (usize, usize)) {
     let c = &heap.counters;
     c.realloc(old.0, new.0);
-    ThreadCounters::bump(&c.large_active, new.1 as i64 - old.1 as i64);
-    ThreadCounters::bump(&c.large_live, new.0 as i64 - old.0 as i64);
+    if cfg!(feature = "stats") {
+        ThreadCounters::bump(&c.large_active, new.1 as i64 - old.1 as i64);
+        ThreadCounters::bump(&c.large_live, new.0 as i64 - old.0 as i64);
+    }
 }
 
 /// # Safety

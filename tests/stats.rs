@@ -556,6 +556,12 @@ fn live_bytes_read_while_marks_move_stay_within_the_swing() {
 fn without_statistics_counted_figures_read_zero_and_the_limit_is_inert() {
     let (v, m) = measure(|| black_box(vec![7u8; 300_000]));
     let boxed = black_box(Box::new([1u8; 100]));
+    // Blocks resized where they are: a large one, and one grown into the arena and then in it.
+    let mut large = black_box(vec![1u8; 300_000]);
+    large.reserve_exact(3_000_000);
+    let mut grown = black_box(vec![2u8; 20_000]);
+    grown.reserve_exact(100_000);
+    grown.reserve_exact(400_000);
     assert_eq!(m, perfalloc::Measurement::default());
     assert_eq!(thread_stats(), perfalloc::ThreadStats::default());
     let s = stats();
@@ -578,7 +584,7 @@ fn without_statistics_counted_figures_read_zero_and_the_limit_is_inert() {
     let reserved = w.try_reserve(1 << 20);
     perfalloc::set_limit(None);
     assert!(reserved.is_ok(), "no limit is enforced without statistics");
-    drop((v, boxed, w));
+    drop((v, boxed, w, large, grown));
 }
 
 /// A pthread key whose destructor runs, at thread exit, after perfalloc's own (keys' destructors run
