@@ -90,7 +90,8 @@ pub struct ThreadCounters {
     peak: AtomicI64,
     pub reallocs: Counter,
     /// Reallocations that moved the block: each allocated one block and freed another, counted in
-    /// the class or large figures but not in `allocations` or `deallocations`.
+    /// the class or large figures but not in `allocations` or `deallocations`. Counted when the
+    /// move begins, before those (`heap::begin_move`), and taken back if its allocation fails.
     pub realloc_moves: Counter,
     pub large_allocs: Counter,
     pub large_frees: Counter,
@@ -156,7 +157,6 @@ impl Totals {
         self.net += net;
         self.allocated = self.allocated.wrapping_add(allocated);
         self.reallocs += c.reallocs.get();
-        self.realloc_moves += c.realloc_moves.get();
         self.large_allocs += c.large_allocs.get();
         self.large_frees += c.large_frees.get();
         self.large_active += c.large_active.load(Relaxed);
@@ -165,6 +165,11 @@ impl Totals {
             self.class_allocs[i] += a.get();
             self.class_frees[i] += f.get();
         }
+        // After the counts a move touches, which it makes after this one behind a release fence
+        // (`heap::begin_move`): every move whose allocation or free was read above is read here,
+        // so `allocations()` and `deallocations()` never count one.
+        fence(Acquire);
+        self.realloc_moves += c.realloc_moves.get();
     }
 
     /// Adds another set of totals.
@@ -189,6 +194,7 @@ impl Totals {
     }
 
     /// `alloc` and `alloc_zeroed` calls: blocks handed out, less those handed out inside `realloc`.
+    /// Summed while other threads run, short by the moves under way on them (see `Totals::add`).
     pub fn allocations(&self) -> u64 {
         let small: u64 = self.class_allocs.iter().sum();
         (small + self.large_allocs).saturating_sub(self.realloc_moves)

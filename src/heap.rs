@@ -64,7 +64,7 @@ use crate::size_class::{self, CLASSES};
 use crate::sync::{Backoff, SpinGuard, SpinLock};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Dirty bytes a heap may hold before it purges regardless of their age.
@@ -434,9 +434,11 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
         let (old_class, new_class) = (size_class::table_class(old), size_class::table_class(new));
         let heap = current();
         if old_class != new_class && heap.is_live() {
+            begin_move(heap);
             // The memory limit is checked by the allocation, as for any small one.
             let q = alloc_small(heap, new_class, new);
             if q.is_null() {
+                cancel_move(heap);
                 return q;
             }
             // SAFETY: both blocks are live and distinct; each holds at least min(old, new) bytes;
@@ -446,8 +448,7 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
                 ptr::copy_nonoverlapping(p, q, old.min(new));
                 free_small(heap, p.cast(), old_class, old);
             }
-            // `heap` is still live (see above).
-            count_moved_live(heap);
+            end_move(heap);
             return q;
         }
     }
@@ -455,27 +456,38 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
     unsafe { realloc_general(p, old, align, new) }
 }
 
-/// Counts a move (an allocation, a copy and a free) as one realloc, not as an allocation and a
-/// deallocation, on the heap that counted those: `heap` (`current()`) if it is live, else the
-/// fallback heap, which served the move (after the thread's exit destructor, or when no heap could
-/// be adopted).
-#[inline]
-fn count_moved(heap: &Heap) {
-    if heap.is_live() {
-        count_moved_live(heap);
-    } else {
-        with_fallback(count_moved_live);
+// A moving realloc (an allocation, a copy and a free) is counted as one realloc, not as an
+// allocation and a deallocation: its allocation and free count in the class or large figures like
+// any other, and `realloc_moves` takes them back out of `Stats::allocations` and `deallocations`.
+// It is counted *before* them (`begin_move`), behind a release fence, and readers read it after
+// them (`Totals::add`): a reader that sees the move's allocation or free also sees it, so those
+// two derived counts can fall short while a move is under way but never overshoot, and `stats`
+// keeps them monotonic by reporting the most it has seen. All three functions act on the heap
+// that counts the move's allocation and free, live or the fallback heap.
+
+/// Counts a move that is about to allocate (see above).
+#[inline(always)]
+fn begin_move(heap: &Heap) {
+    if cfg!(feature = "stats") {
+        heap.counters.realloc_moves.add(1);
+        fence(Ordering::Release);
     }
 }
 
-/// `count_moved` for a heap known to be live.
-#[inline(always)]
-fn count_moved_live(heap: &Heap) {
-    debug_assert!(heap.is_live());
+/// Takes back `begin_move` for a move whose allocation failed.
+#[inline]
+fn cancel_move(heap: &Heap) {
     if cfg!(feature = "stats") {
-        let c = &heap.counters;
-        c.reallocs.add(1);
-        c.realloc_moves.add(1);
+        let moves = &heap.counters.realloc_moves;
+        moves.set(moves.get().wrapping_sub(1));
+    }
+}
+
+/// Counts the realloc of a move that is done.
+#[inline(always)]
+fn end_move(heap: &Heap) {
+    if cfg!(feature = "stats") {
+        heap.counters.reallocs.add(1);
     }
 }
 
@@ -531,9 +543,35 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
             return q;
         }
     }
-    // Move: a fresh block, a copy, and a free, counted as one realloc.
-    let q = alloc(new, align);
+    // Move: a fresh block, a copy, and a free, counted as one realloc on the heap that serves
+    // them: this thread's (adopted now if it has none yet), or else the fallback heap.
+    let counting = if heap.is_live() {
+        Some(heap)
+    } else {
+        thread_heap(heap)
+    };
+    let begun = match counting {
+        Some(h) => {
+            begin_move(h);
+            true
+        }
+        // False only if the fallback heap could not be had, when the allocation would fail too.
+        None => with_fallback(|h| {
+            begin_move(h);
+            true
+        }),
+    };
+    let q = if begun {
+        alloc(new, align)
+    } else {
+        ptr::null_mut()
+    };
     if q.is_null() {
+        match counting {
+            Some(h) => cancel_move(h),
+            None if begun => with_fallback(cancel_move),
+            None => {}
+        }
         return q;
     }
     // SAFETY: both blocks are live and distinct; each holds at least min(old, new) bytes.
@@ -541,7 +579,10 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
         ptr::copy_nonoverlapping(p, q, old.min(new));
         free(p, old, align);
     }
-    count_moved(current());
+    match counting {
+        Some(h) => end_move(h),
+        None => with_fallback(end_move),
+    }
     q
 }
 
@@ -571,7 +612,8 @@ unsafe fn realloc_to_arena(
         }
     }
     let (q, len) = extent::alloc(new, false)?;
-    // Counted as an allocation and a free, then as one move, like any moving realloc.
+    // Counted as an allocation and a free, and as one move, like any moving realloc.
+    begin_move(heap);
     count_large_alloc(heap, new, len);
     // SAFETY: both blocks are live and distinct, each of at least `min(old, new)` bytes; `p` is
     // the caller's to give up, a block of `old_class` or a large one in the arena.
@@ -582,7 +624,7 @@ unsafe fn realloc_to_arena(
             None => free_large_in(heap, p, old),
         }
     }
-    count_moved_live(heap);
+    end_move(heap);
     Some(q)
 }
 

@@ -6,7 +6,9 @@
 //! Each thread counts its own allocations in its heap with plain (relaxed load + store) writes; a
 //! reader sums the heaps, so `stats()` costs O(threads × size classes) and stops nobody. Counts and
 //! byte totals are exact once the threads involved are quiet; while they run, a snapshot mixes
-//! moments a few instructions apart ("consistent enough").
+//! moments a few instructions apart ("consistent enough"). `allocations` and `deallocations` never
+//! go backwards from one snapshot to the next, and never count a realloc, even one that is moving
+//! its block at that moment.
 //!
 //! Peaks exist at three levels, each resettable:
 //! - **process** ([`Stats::peak_live_bytes`], [`reset_peak`]): threads publish their net change to a
@@ -29,7 +31,7 @@ use crate::heap::{self, Heap};
 use crate::os;
 use crate::size_class::{self, CLASSES};
 use core::fmt;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 /// Bytes a thread's net change may reach before it is published to the process totals: the unit
@@ -156,6 +158,15 @@ fn clamp(v: i64) -> u64 {
 pub fn stats() -> Stats {
     let mut t = Totals::ZERO;
     let threads = heap::sum_heaps(&mut t) as u64;
+    // Summed while other threads run, these two fall short by the reallocs moving a block at that
+    // moment and never overshoot (`Totals::add`): the most ever reported is a true lower bound, and
+    // reporting it keeps them monotonic, and exact once the threads are quiet.
+    let allocations = ALLOCATIONS_SEEN
+        .fetch_max(t.allocations(), Relaxed)
+        .max(t.allocations());
+    let deallocations = DEALLOCATIONS_SEEN
+        .fetch_max(t.deallocations(), Relaxed)
+        .max(t.deallocations());
     let live = clamp(t.net);
     let mut size_classes = Vec::new();
     let mut active = clamp(t.large_active);
@@ -174,8 +185,8 @@ pub fn stats() -> Stats {
     Stats {
         live_bytes: live,
         peak_live_bytes: clamp(PEAK.load(Relaxed)).max(live),
-        allocations: t.allocations(),
-        deallocations: t.deallocations(),
+        allocations,
+        deallocations,
         reallocations: t.reallocs,
         active_bytes: active,
         mapped_bytes: os::mapped_bytes() as u64,
@@ -189,6 +200,10 @@ pub fn stats() -> Stats {
         },
     }
 }
+
+/// The largest `Stats::allocations` and `deallocations` reported so far (see `stats`).
+static ALLOCATIONS_SEEN: AtomicU64 = AtomicU64::new(0);
+static DEALLOCATIONS_SEEN: AtomicU64 = AtomicU64::new(0);
 
 /// Resets the process peak to the current (published) live bytes.
 ///

@@ -443,6 +443,85 @@ fn counts_never_go_backwards_while_threads_exit() {
     churn.join().unwrap();
 }
 
+/// Threads that only reallocate, moving their blocks between classes, into the arena and out to
+/// large blocks, call neither `alloc` nor `dealloc`: a reader's `allocations` and `deallocations`
+/// must never count a move as either (not even for the moment a move is under way) nor go
+/// backwards. The reader's own allocations (each `stats()` makes its report) are taken out with
+/// its exact `thread_stats()`, calibrated while the movers wait.
+fn counts_never_overshoot_or_go_backwards_while_reallocs_move_blocks() {
+    use std::alloc::{alloc, dealloc, realloc, Layout};
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::{Arc, Barrier};
+    const MOVERS: usize = 4;
+    const SIZES: [usize; 9] = [24, 200, 3000, 20_000, 100_000, 300_000, 40, 9000, 150_000];
+    let stop = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Barrier::new(MOVERS + 1));
+    let movers: Vec<_> = (0..MOVERS)
+        .map(|t| {
+            let (stop, gate) = (stop.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut size = 8;
+                // SAFETY: a non-zero layout; reallocated below with its current size, freed last.
+                let mut p = unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) };
+                assert!(!p.is_null());
+                gate.wait(); // allocated
+                gate.wait(); // the reader has calibrated
+                let mut i = t;
+                while !stop.load(Relaxed) {
+                    let next = SIZES[i % SIZES.len()];
+                    i += 1;
+                    // SAFETY: `p` is live with `size` bytes, aligned to 8; `next` is non-zero.
+                    p = unsafe { realloc(p, Layout::from_size_align(size, 8).unwrap(), next) };
+                    assert!(!p.is_null());
+                    size = next;
+                }
+                // SAFETY: `p` is live with `size` bytes.
+                unsafe { dealloc(p, Layout::from_size_align(size, 8).unwrap()) };
+            })
+        })
+        .collect();
+    gate.wait();
+    // With the movers idle, a reader's counts less its own are the same at every snapshot.
+    let others = || {
+        let f = Figures::now();
+        let me = thread_stats();
+        (
+            f.allocations as i64 - me.allocations as i64,
+            f.deallocations as i64 - me.deallocations as i64,
+        )
+    };
+    let calibrated = others();
+    assert_eq!(others(), calibrated, "counts moved with nobody allocating");
+    gate.wait();
+    // The first failure is kept until the movers are stopped, so that none outlives the test.
+    let mut failure = None;
+    let mut last = Figures::now();
+    for _ in 0..3000 {
+        let now = Figures::now();
+        let me = thread_stats();
+        let seen = (
+            now.allocations as i64 - me.allocations as i64,
+            now.deallocations as i64 - me.deallocations as i64,
+        );
+        if seen.0 > calibrated.0 || seen.1 > calibrated.1 {
+            failure = Some(format!(
+                "moves counted as (de)allocations: {seen:?} > {calibrated:?}"
+            ));
+        } else if now.allocations < last.allocations || now.deallocations < last.deallocations {
+            failure = Some("allocations or deallocations went backwards".to_string());
+        }
+        if failure.is_some() {
+            break;
+        }
+        last = now;
+    }
+    stop.store(true, Relaxed);
+    for m in movers {
+        m.join().unwrap();
+    }
+    assert_eq!(failure, None);
+}
+
 /// A thread that only allocates stops checking its peak on each allocation (see `counters`): the
 /// peak must still be exact in the middle of a climb, after the free that ends it, across a
 /// second climb that stays below it and one that passes it, and inside `measure`.
@@ -721,6 +800,10 @@ fn main() {
         (
             "counts_never_go_backwards_while_threads_exit",
             counts_never_go_backwards_while_threads_exit,
+        ),
+        (
+            "counts_never_overshoot_or_go_backwards_while_reallocs_move_blocks",
+            counts_never_overshoot_or_go_backwards_while_reallocs_move_blocks,
         ),
         (
             "reallocations_after_the_exit_destructor_count_as_reallocations",
