@@ -33,7 +33,8 @@ use crate::size_class::CLASSES;
 use crate::sync::Backoff;
 use core::cell::Cell;
 use core::sync::atomic::{
-    fence, AtomicI64, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    fence, AtomicI64, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
 };
 use crossbeam_utils::CachePadded;
 
@@ -107,6 +108,9 @@ pub struct ThreadCounters {
     climbing: Cell<bool>,
     /// `freed()` when the last new peak was set: unchanged at the next one means no free between.
     freed_at_peak: Cell<u64>,
+    /// Bytes this thread holds in `ADMITTED`: those of its last request that the limit admitted,
+    /// until it is published (or the request fails). Owner-only.
+    admitted: Cell<i64>,
 }
 
 /// Process-wide published live bytes (see the module docs for its error bound).
@@ -115,6 +119,9 @@ pub static LIVE: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
 pub static PEAK: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
 /// Live-byte limit (`u64::MAX` for none).
 pub static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Bytes of requests the limit admitted that are not yet in `LIVE`: each is added here before it
+/// is checked, so requests checked at the same moment on several threads count each other.
+static ADMITTED: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
 
 /// Sums of per-thread counters, as plain integers: what `stats()` adds up, and what the registry
 /// keeps (under its lock) for threads that exited.
@@ -226,6 +233,7 @@ impl ThreadCounters {
             published: Cell::new(0),
             climbing: Cell::new(false),
             freed_at_peak: Cell::new(u64::MAX),
+            admitted: Cell::new(0),
         }
     }
 
@@ -259,14 +267,23 @@ impl ThreadCounters {
         }
     }
 
-    /// In a child after `fork`: closes an update its owner, a thread that does not exist in the
-    /// child, was making, so that readers do not wait for it. Its figures may be off by that one
-    /// update.
+    /// In a child after `fork`, for every heap: closes an update its owner, a thread that does not
+    /// exist in the child, was making, so that readers do not wait for it (its figures may be off
+    /// by that one update), and forgets the heap's reservation for the limit (`clear_admitted`
+    /// drops them all).
     pub fn after_fork(&self) {
         let e = self.epoch.load(Relaxed);
         if e & 1 == 1 {
             self.epoch.store(e.wrapping_add(1), Release);
         }
+        self.admitted.set(0);
+    }
+
+    /// In a child after `fork`: drops every reservation for the limit. Those of requests being
+    /// made on other threads would never be withdrawn (the threads do not exist in the child), and
+    /// the forking thread makes none while it forks.
+    pub fn clear_admitted() {
+        ADMITTED.store(0, Relaxed);
     }
 
     /// Fast path of an allocation of `size` bytes: true if it was accounted without crossing a
@@ -332,12 +349,39 @@ impl ThreadCounters {
         !cfg!(feature = "stats") || limit == u64::MAX || self.admits_under(limit, bytes)
     }
 
+    /// A request that would publish reserves its bytes in `ADMITTED` first, then checks `LIVE` and
+    /// every reservation against the limit; it keeps the reservation until its publication
+    /// (`change`) or its failure (`withdraw`). Two requests racing each other thus cannot both
+    /// pass on the same `LIVE`, and the limit keeps the slack the module docs give.
     #[cold]
     #[inline(never)]
     fn admits_under(&self, limit: u64, bytes: usize) -> bool {
+        self.withdraw();
         let unpublished = (self.net() - self.published.get()).saturating_add(bytes as i64);
-        unpublished <= PUBLISH_THRESHOLD
-            || LIVE.load(Relaxed).saturating_add(unpublished) <= limit as i64
+        if unpublished <= PUBLISH_THRESHOLD {
+            return true;
+        }
+        // AcqRel: a reservation that no longer counts here was withdrawn after its bytes went
+        // into `LIVE` (`change`), so the load below sees them.
+        let pending = ADMITTED
+            .fetch_add(unpublished, AcqRel)
+            .saturating_add(unpublished);
+        if LIVE.load(Relaxed).saturating_add(pending) <= limit as i64 {
+            self.admitted.set(unpublished);
+            return true;
+        }
+        ADMITTED.fetch_sub(unpublished, Release);
+        false
+    }
+
+    /// Gives back this thread's reservation in `ADMITTED`, if it holds one: its request has been
+    /// published, or failed after the limit admitted it.
+    #[inline]
+    pub fn withdraw(&self) {
+        let held = self.admitted.replace(0);
+        if held != 0 {
+            ADMITTED.fetch_sub(held, Release);
+        }
     }
 
     /// Accounts an allocation of `size` bytes that was obtained (after `admits`), publishing if
@@ -377,6 +421,8 @@ impl ThreadCounters {
             PEAK.fetch_max(live, Relaxed);
             self.published.set(net);
         }
+        // After the publication: a request that no longer sees the reservation sees the bytes.
+        self.withdraw();
         self.lift_peak(net);
         self.settle(self.allocated.get().wrapping_add(allocated), net);
     }
@@ -461,6 +507,7 @@ impl ThreadCounters {
         I: Iterator<Item = (&'a Counter, &'a Counter)> + Clone,
     {
         LIVE.fetch_add(self.net() - self.published.get(), Relaxed);
+        self.withdraw();
         exited.add(self, classes.clone());
         for (a, f) in classes {
             a.set(0);

@@ -537,6 +537,7 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
                 unsafe { large::realloc(&heap.large, p, old, new, align) }
             };
             let Some((q, old_len, new_len)) = resized else {
+                heap.counters.withdraw(); // admitted, but no memory
                 return ptr::null_mut();
             };
             count_large_resized(heap, (old, old_len), (new, new_len));
@@ -567,6 +568,10 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
         ptr::null_mut()
     };
     if q.is_null() {
+        // A reservation `alloc` or the check above took for the limit.
+        if heap.is_live() {
+            heap.counters.withdraw();
+        }
         match counting {
             Some(h) => cancel_move(h),
             None if begun => with_fallback(cancel_move),
@@ -683,6 +688,7 @@ fn alloc_small_slow(size: usize, class: usize, heap: &Heap) -> *mut u8 {
         return ptr::null_mut(); // over the memory limit
     }
     if heap.bin_len(class) == 0 && !refill(heap, class) {
+        heap.counters.withdraw(); // admitted, but no memory
         return ptr::null_mut();
     }
     heap.counters.alloc_slow(size);
@@ -1325,6 +1331,7 @@ fn alloc_large_in(heap: &Heap, size: usize, align: usize, zero: bool) -> *mut u8
         large::alloc(&heap.large, size, align, zero)
     };
     let Some((p, len)) = taken else {
+        heap.counters.withdraw(); // admitted, but no memory
         return ptr::null_mut();
     };
     count_large_alloc(heap, size, len);
@@ -1687,6 +1694,8 @@ extern "C" fn fork_child() {
         // The forking thread, the only one here, has new ids.
         me.owner.set(os::thread_ids());
     }
+    // Requests the limit admitted on threads that do not exist here will never be published.
+    ThreadCounters::clear_admitted();
     for heap in heaps_from(reg.all) {
         // A thread that was inside a counters update at the fork does not exist here to finish it.
         heap.counters.after_fork();

@@ -19,7 +19,8 @@
 //!
 //! The memory limit ([`set_limit`]) is checked when a thread publishes, so it may be overshot by
 //! the same `threads × PUBLISH_THRESHOLD`; any single allocation larger than the threshold is
-//! always checked.
+//! always checked, and requests checked at the same moment on several threads count each other
+//! (each reserves its bytes before it checks, until it is published).
 //!
 //! Build without the default `stats` feature to remove the counters from the fast path; every
 //! figure except `mapped_bytes`, `resident_bytes` and `threads` then reads zero, and

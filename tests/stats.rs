@@ -241,6 +241,52 @@ fn limit_makes_try_reserve_fail_and_recovers() {
     assert!(x.try_reserve(256 << 20).is_ok());
 }
 
+/// Eight threads ask for 8 MiB each at the same moment, under a limit 16.5 MiB above what is
+/// live: the documented slack (128 KiB a thread) admits two, never three. Requests checked at the
+/// same time must see each other, not only what is already published.
+fn limit_holds_when_threads_ask_at_the_same_moment() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Barrier};
+    const THREADS: usize = 8;
+    const TRIALS: usize = 60;
+    let granted = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Barrier::new(THREADS + 1));
+    let askers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (granted, gate) = (granted.clone(), gate.clone());
+            std::thread::spawn(move || {
+                for _ in 0..TRIALS {
+                    gate.wait(); // the limit is set
+                    let mut v: Vec<u8> = Vec::new();
+                    if v.try_reserve_exact(8 << 20).is_ok() {
+                        granted.fetch_add(1, SeqCst);
+                    }
+                    gate.wait(); // counted
+                    drop(v);
+                    gate.wait(); // freed
+                }
+            })
+        })
+        .collect();
+    let mut most = 0;
+    for _ in 0..TRIALS {
+        perfalloc::set_limit(Some(stats().live_bytes + (16 << 20) + (512 << 10)));
+        granted.store(0, SeqCst);
+        gate.wait();
+        gate.wait();
+        perfalloc::set_limit(None);
+        most = most.max(granted.load(SeqCst));
+        gate.wait();
+    }
+    for a in askers {
+        a.join().unwrap();
+    }
+    assert!(
+        most <= 2,
+        "{most} requests of 8 MiB admitted under 16.5 MiB of room"
+    );
+}
+
 /// A small block growing into another class under the limit is refused like any allocation, and
 /// keeps its contents; without the limit it grows.
 fn limit_refuses_a_small_realloc_and_keeps_the_block() {
@@ -779,6 +825,10 @@ fn main() {
         (
             "limit_makes_try_reserve_fail_and_recovers",
             limit_makes_try_reserve_fail_and_recovers,
+        ),
+        (
+            "limit_holds_when_threads_ask_at_the_same_moment",
+            limit_holds_when_threads_ask_at_the_same_moment,
         ),
         (
             "limit_refuses_a_small_realloc_and_keeps_the_block",
