@@ -349,10 +349,12 @@ impl ThreadCounters {
         !cfg!(feature = "stats") || limit == u64::MAX || self.admits_under(limit, bytes)
     }
 
-    /// A request that would publish reserves its bytes in `ADMITTED` first, then checks `LIVE` and
-    /// every reservation against the limit; it keeps the reservation until its publication
-    /// (`change`) or its failure (`withdraw`). Two requests racing each other thus cannot both
-    /// pass on the same `LIVE`, and the limit keeps the slack the module docs give.
+    /// A request that would publish is checked against `LIVE` and every reservation; if it fits,
+    /// it reserves its bytes in `ADMITTED` and checks again, and keeps the reservation until its
+    /// publication (`change`) or its failure (`withdraw`). Two requests racing each other thus
+    /// cannot both pass on the same `LIVE`, and the limit keeps the slack the module docs give. A
+    /// request refused by the first check reserves nothing, so one that can never fit (a program
+    /// probing with `try_reserve`) does not hold others back, and no reservation exceeds the limit.
     #[cold]
     #[inline(never)]
     fn admits_under(&self, limit: u64, bytes: usize) -> bool {
@@ -361,12 +363,17 @@ impl ThreadCounters {
         if unpublished <= PUBLISH_THRESHOLD {
             return true;
         }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let fits = |pending: i64| LIVE.load(Relaxed).saturating_add(pending) <= limit;
+        if !fits(ADMITTED.load(Acquire).saturating_add(unpublished)) {
+            return false;
+        }
         // AcqRel: a reservation that no longer counts here was withdrawn after its bytes went
-        // into `LIVE` (`change`), so the load below sees them.
+        // into `LIVE` (`change`), so the load in `fits` sees them.
         let pending = ADMITTED
             .fetch_add(unpublished, AcqRel)
             .saturating_add(unpublished);
-        if LIVE.load(Relaxed).saturating_add(pending) <= limit as i64 {
+        if fits(pending) {
             self.admitted.set(unpublished);
             return true;
         }

@@ -63,7 +63,7 @@ use crate::segment::{self, Block, Page, Segment, MEDIUM_PAGE_SHIFT, NO_CLASS, SM
 use crate::size_class::{self, CLASSES};
 use crate::sync::{Backoff, SpinGuard, SpinLock};
 use core::cell::Cell;
-use core::ptr;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -545,38 +545,22 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
         }
     }
     // Move: a fresh block, a copy, and a free, counted as one realloc on the heap that serves
-    // them: this thread's (adopted now if it has none yet), or else the fallback heap.
-    let counting = if heap.is_live() {
+    // them: this thread's (adopted now if it has none yet), or else the fallback heap, under one
+    // hold of its lock, so that no heap adopted meanwhile serves part of the move.
+    let Some(heap) = (if heap.is_live() {
         Some(heap)
     } else {
         thread_heap(heap)
+    }) else {
+        // SAFETY: forwarded caller promise; `with_fallback` holds the fallback heap's lock.
+        let moved = with_fallback(|h| unsafe { move_on(h, p, old, align, new) });
+        return moved.map_or(ptr::null_mut(), NonNull::as_ptr);
     };
-    let begun = match counting {
-        Some(h) => {
-            begin_move(h);
-            true
-        }
-        // False only if the fallback heap could not be had, when the allocation would fail too.
-        None => with_fallback(|h| {
-            begin_move(h);
-            true
-        }),
-    };
-    let q = if begun {
-        alloc(new, align)
-    } else {
-        ptr::null_mut()
-    };
+    begin_move(heap);
+    let q = alloc(new, align);
     if q.is_null() {
-        // A reservation `alloc` or the check above took for the limit.
-        if heap.is_live() {
-            heap.counters.withdraw();
-        }
-        match counting {
-            Some(h) => cancel_move(h),
-            None if begun => with_fallback(cancel_move),
-            None => {}
-        }
+        heap.counters.withdraw(); // a reservation the check above took for the limit
+        cancel_move(heap);
         return q;
     }
     // SAFETY: both blocks are live and distinct; each holds at least min(old, new) bytes.
@@ -584,11 +568,42 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
         ptr::copy_nonoverlapping(p, q, old.min(new));
         free(p, old, align);
     }
-    match counting {
-        Some(h) => end_move(h),
-        None => with_fallback(end_move),
-    }
+    end_move(heap);
     q
+}
+
+/// A moving realloc served and counted entirely by `heap`, the fallback heap, with the routing of
+/// `alloc` and `free` but none of their heap lookups. `None` (nothing changed) on failure.
+///
+/// # Safety
+/// As for `realloc`, and the caller holds the fallback heap's lock.
+unsafe fn move_on(
+    heap: &Heap,
+    p: *mut u8,
+    old: usize,
+    align: usize,
+    new: usize,
+) -> Option<NonNull<u8>> {
+    begin_move(heap);
+    let q = match size_class::class_of(new, align) {
+        Some(class) => alloc_small(heap, class, new),
+        None => alloc_large_in(heap, new, align, false),
+    };
+    let Some(q) = NonNull::new(q) else {
+        cancel_move(heap);
+        return None;
+    };
+    // SAFETY: both blocks are live and distinct, each of at least `min(old, new)` bytes; `p` is
+    // the caller's to give up, routed as `free_general` routes it.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q.as_ptr(), old.min(new));
+        match size_class::class_of(old, align) {
+            Some(class) if grown_region(p, old).is_none() => free_small(heap, p.cast(), class, old),
+            _ => free_large_in(heap, p, old),
+        }
+    }
+    end_move(heap);
+    Some(q)
 }
 
 /// Resizes `p` in the arena (`grown` is its region) or moves it there (from a block of
@@ -1673,6 +1688,11 @@ fn with_fallback<R: Default>(f: impl FnOnce(&Heap) -> R) -> R {
             None => return R::default(),
         }
     }
+    // The counters of this heap are written by one thread after another: a reader that sees this
+    // thread's counts must also see what earlier holders wrote before them (a move's
+    // `realloc_moves` before its allocation's count: see `begin_move`). The lock orders the
+    // holders; this fence carries that order to readers, which pair it with their acquire fence.
+    fence(Ordering::Release);
     // SAFETY: heaps live forever; holding the lock makes us the heap's only user.
     f(unsafe { &*fallback.0 })
 }

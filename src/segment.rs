@@ -42,8 +42,10 @@ static_assertions::const_assert!(SMALL_HEADER_SIZE < 1 << SMALL_PAGE_SHIFT);
 static_assertions::const_assert!(size_class::MAX_SMALL_PAGE_BLOCK.is_power_of_two());
 static_assertions::const_assert!(SMALL_HEADER_SIZE % size_class::MAX_SMALL_PAGE_BLOCK == 0);
 static_assertions::const_assert!(MAX_PAGES <= 64);
-// Blocks above 4 KiB are promised alignment up to `KIB_ALIGN` by being multiples of it.
-static_assertions::const_assert!(1 << SMALL_PAGE_SHIFT >= size_class::KIB_ALIGN);
+// Blocks above 4 KiB are promised alignment up to `KIB_ALIGN` by being multiples of it, from page
+// starts that are multiples of it too (page 0 of a small segment's included).
+static_assertions::const_assert!(SMALL_HEADER_SIZE % size_class::KIB_ALIGN == 0);
+static_assertions::const_assert!((1 << SMALL_PAGE_SHIFT) % size_class::KIB_ALIGN == 0);
 
 /// The identity of the heap that owns a segment. Opaque here (segments sit below heaps and never
 /// look inside one); the heap module converts its own address to and from it.

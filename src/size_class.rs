@@ -3,8 +3,10 @@
 //! Classes are 8 B apart up to 64 B, then four per power of two (80, 96, 112, 128, 160, 192, ...),
 //! the spacing mimalloc and jemalloc use: a request above 64 B is rounded up by less than 25% of
 //! itself, and by less than 20% of the block it lands in. Blocks sit at `page_start + i *
-//! block_size` in pages aligned to 64 KiB or more, so a block is aligned to the largest power of two
-//! its class divides by. An aligned request takes its own class when that is a multiple of the
+//! block_size` in pages whose start is aligned to their largest block or more (8 KiB for a small
+//! segment's first page, which starts after the segment header; 64 KiB for the other small pages,
+//! 512 KiB for medium ones), so a block is aligned to the largest power of two its class divides
+//! by. An aligned request takes its own class when that is a multiple of the
 //! alignment (up to 16 for any size, up to 1 KiB above 4 KiB, where every class is a multiple of
 //! 1 KiB); otherwise the power-of-two class of `max(size, align)`, as every power of two is a class.
 //!
@@ -29,7 +31,7 @@ pub const FAST_ALIGN: usize = 8;
 /// entry per this many bytes: every class boundary above `TABLE_MAX` is a multiple of it.
 const KIB: usize = 1024;
 /// The alignment every class above `TABLE_MAX` guarantees: its blocks are multiples of `KIB`, at
-/// multiples of their size from a page aligned to 64 KiB or more.
+/// multiples of their size from a page start aligned to 8 KiB or more.
 pub const KIB_ALIGN: usize = KIB;
 
 const fn compute_class(size: usize) -> usize {

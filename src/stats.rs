@@ -8,7 +8,8 @@
 //! byte totals are exact once the threads involved are quiet; while they run, a snapshot mixes
 //! moments a few instructions apart ("consistent enough"). `allocations` and `deallocations` never
 //! go backwards from one snapshot to the next, and never count a realloc, even one that is moving
-//! its block at that moment.
+//! its block at that moment. In a child process after `fork`, a move that another thread of the
+//! parent had under way stays half counted: the child's two counts may stay short by one each.
 //!
 //! Peaks exist at three levels, each resettable:
 //! - **process** ([`Stats::peak_live_bytes`], [`reset_peak`]): threads publish their net change to a

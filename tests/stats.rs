@@ -287,6 +287,35 @@ fn limit_holds_when_threads_ask_at_the_same_moment() {
     );
 }
 
+/// A thread probing the limit with a request that can never fit (`try_reserve` of 1 TiB, over and
+/// over) must not make another thread's requests, which fit with room to spare, fail.
+fn a_request_the_limit_refuses_holds_nobody_back() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    perfalloc::set_limit(Some(stats().live_bytes + (512 << 20)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut refused = 0u64;
+            while !stop.load(Relaxed) {
+                refused += u64::from(Vec::<u8>::new().try_reserve_exact(1 << 40).is_err());
+            }
+            refused
+        })
+    };
+    let mut failed = 0;
+    for _ in 0..20_000 {
+        let mut v: Vec<u8> = Vec::new();
+        failed += usize::from(v.try_reserve_exact(1 << 20).is_err());
+    }
+    stop.store(true, Relaxed);
+    let refused = prober.join().unwrap();
+    perfalloc::set_limit(None);
+    assert!(refused > 0, "the probe was never refused");
+    assert_eq!(failed, 0, "1 MiB requests refused under 512 MiB of room");
+}
+
 /// A small block growing into another class under the limit is refused like any allocation, and
 /// keeps its contents; without the limit it grows.
 fn limit_refuses_a_small_realloc_and_keeps_the_block() {
@@ -829,6 +858,10 @@ fn main() {
         (
             "limit_holds_when_threads_ask_at_the_same_moment",
             limit_holds_when_threads_ask_at_the_same_moment,
+        ),
+        (
+            "a_request_the_limit_refuses_holds_nobody_back",
+            a_request_the_limit_refuses_holds_nobody_back,
         ),
         (
             "limit_refuses_a_small_realloc_and_keeps_the_block",
