@@ -19,9 +19,10 @@
 //! climb only rose), and `thread_peak()` reads `max(peak, net)` meanwhile. The process-wide live
 //! total `LIVE` is the sum of what threads have *published*: a thread publishes when its `net` has
 //! moved by more than `PUBLISH_THRESHOLD` since its last publication (the same marks), so the fast
-//! path touches no shared cache line. Hence at any moment `|LIVE - true live| <= threads *
-//! PUBLISH_THRESHOLD`, and the process peak `PEAK` (the maximum `LIVE` ever took) is within the
-//! same bound of the true peak; the memory limit is checked against `LIVE` (`admits`) only for a
+//! path touches no shared cache line; an exiting thread publishes what it has left (`fold_into`).
+//! Hence at any moment `|LIVE - true live| <= (threads + 1) * PUBLISH_THRESHOLD` (the one more is
+//! the fallback heap, which serves threads being torn down), and the process peak `PEAK` (the
+//! maximum `LIVE` ever took) is within the same bound of the true peak; the memory limit is checked against `LIVE` (`admits`) only for a
 //! request that would publish, with the same slack.
 //!
 //! **Readers.** The slow path rewrites `allocated`, `lo` and `room` together inside a sequence lock
@@ -111,6 +112,10 @@ pub struct ThreadCounters {
     /// Bytes this thread holds in `ADMITTED`: those of its last request that the limit admitted,
     /// until it is published (or the request fails). Owner-only.
     admitted: Cell<i64>,
+    /// Set while the owner retries the allocation of a `realloc` that shrinks its block by moving
+    /// it: the limit admits it, as the move ends with fewer live bytes than it began with.
+    /// Owner-only.
+    limit_exempt: Cell<bool>,
 }
 
 /// Process-wide published live bytes (see the module docs for its error bound).
@@ -234,6 +239,7 @@ impl ThreadCounters {
             climbing: Cell::new(false),
             freed_at_peak: Cell::new(u64::MAX),
             admitted: Cell::new(0),
+            limit_exempt: Cell::new(false),
         }
     }
 
@@ -359,6 +365,9 @@ impl ThreadCounters {
     #[inline(never)]
     fn admits_under(&self, limit: u64, bytes: usize) -> bool {
         self.withdraw();
+        if self.limit_exempt.get() {
+            return true;
+        }
         let unpublished = (self.net() - self.published.get()).saturating_add(bytes as i64);
         if unpublished <= PUBLISH_THRESHOLD {
             return true;
@@ -379,6 +388,16 @@ impl ThreadCounters {
         }
         ADMITTED.fetch_sub(unpublished, Release);
         false
+    }
+
+    /// Runs `alloc` with the memory limit lifted for this thread: the allocation of a `realloc`
+    /// that shrinks its block by moving it, refused once (see `limit_exempt`).
+    #[cold]
+    pub fn exempt_from_limit(&self, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+        self.limit_exempt.set(true);
+        let q = alloc();
+        self.limit_exempt.set(false);
+        q
     }
 
     /// Gives back this thread's reservation in `ADMITTED`, if it holds one: its request has been
@@ -425,7 +444,7 @@ impl ThreadCounters {
         let unpublished = net - self.published.get();
         if !(-PUBLISH_THRESHOLD..=PUBLISH_THRESHOLD).contains(&unpublished) {
             let live = LIVE.fetch_add(unpublished, Relaxed) + unpublished;
-            PEAK.fetch_max(live, Relaxed);
+            PEAK.fetch_max(live, Release); // pairs with `stats::reset_peak`
             self.published.set(net);
         }
         // After the publication: a request that no longer sees the reservation sees the bytes.
@@ -513,7 +532,10 @@ impl ThreadCounters {
     where
         I: Iterator<Item = (&'a Counter, &'a Counter)> + Clone,
     {
-        LIVE.fetch_add(self.net() - self.published.get(), Relaxed);
+        // Published like any other change, so the process peak sees what the thread leaves live.
+        let unpublished = self.net() - self.published.get();
+        let live = LIVE.fetch_add(unpublished, Relaxed) + unpublished;
+        PEAK.fetch_max(live, Release); // pairs with `stats::reset_peak`
         self.withdraw();
         exited.add(self, classes.clone());
         for (a, f) in classes {

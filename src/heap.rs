@@ -435,8 +435,14 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
         let heap = current();
         if old_class != new_class && heap.is_live() {
             begin_move(heap);
-            // The memory limit is checked by the allocation, as for any small one.
-            let q = alloc_small(heap, new_class, new);
+            // The memory limit is checked by the allocation, as for any small one, but does not
+            // refuse a move that shrinks the block (`ThreadCounters::exempt_from_limit`).
+            let mut q = alloc_small(heap, new_class, new);
+            if q.is_null() && new <= old {
+                q = heap
+                    .counters
+                    .exempt_from_limit(|| alloc_small(heap, new_class, new));
+            }
             if q.is_null() {
                 cancel_move(heap);
                 return q;
@@ -557,7 +563,11 @@ unsafe fn realloc_general(p: *mut u8, old: usize, align: usize, new: usize) -> *
         return moved.map_or(ptr::null_mut(), NonNull::as_ptr);
     };
     begin_move(heap);
-    let q = alloc(new, align);
+    let mut q = alloc(new, align);
+    if q.is_null() && new <= old {
+        // The limit does not refuse a move that shrinks the block.
+        q = heap.counters.exempt_from_limit(|| alloc(new, align));
+    }
     if q.is_null() {
         heap.counters.withdraw(); // a reservation the check above took for the limit
         cancel_move(heap);
@@ -585,10 +595,15 @@ unsafe fn move_on(
     new: usize,
 ) -> Option<NonNull<u8>> {
     begin_move(heap);
-    let q = match size_class::class_of(new, align) {
+    let alloc = || match size_class::class_of(new, align) {
         Some(class) => alloc_small(heap, class, new),
         None => alloc_large_in(heap, new, align, false),
     };
+    let mut q = alloc();
+    if q.is_null() && new <= old {
+        // The limit does not refuse a move that shrinks the block.
+        q = heap.counters.exempt_from_limit(alloc);
+    }
     let Some(q) = NonNull::new(q) else {
         cancel_move(heap);
         return None;

@@ -14,14 +14,17 @@
 //! Peaks exist at three levels, each resettable:
 //! - **process** ([`Stats::peak_live_bytes`], [`reset_peak`]): threads publish their net change to a
 //!   shared total once it moves by more than [`PUBLISH_THRESHOLD`] bytes, and the peak is taken
-//!   there, so it is within `threads × PUBLISH_THRESHOLD` of the true high-water mark;
+//!   there, so it is within `(threads + 1) × PUBLISH_THRESHOLD` of the true high-water mark (the
+//!   one more is the heap that serves threads being torn down); a thread that exits publishes
+//!   what it leaves live;
 //! - **thread** ([`ThreadStats::peak_bytes`], [`reset_thread_peak`]): exact;
 //! - **scope** ([`measure`]): exact, for the calling thread.
 //!
 //! The memory limit ([`set_limit`]) is checked when a thread publishes, so it may be overshot by
-//! the same `threads × PUBLISH_THRESHOLD`; any single allocation larger than the threshold is
-//! always checked, and requests checked at the same moment on several threads count each other
-//! (each reserves its bytes before it checks, until it is published).
+//! the same `(threads + 1) × PUBLISH_THRESHOLD`; any single allocation larger than the threshold
+//! is always checked, and requests checked at the same moment on several threads count each other
+//! (each reserves its bytes before it checks, until it is published). A `realloc` that shrinks its
+//! block is never refused: it ends with fewer live bytes than it began with.
 //!
 //! Build without the default `stats` feature to remove the counters from the fast path; every
 //! figure except `mapped_bytes`, `resident_bytes` and `threads` then reads zero, and
@@ -33,7 +36,7 @@ use crate::heap::{self, Heap};
 use crate::os;
 use crate::size_class::{self, CLASSES};
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 /// Bytes a thread's net change may reach before it is published to the process totals: the unit
@@ -207,7 +210,8 @@ pub fn stats() -> Stats {
 static ALLOCATIONS_SEEN: AtomicU64 = AtomicU64::new(0);
 static DEALLOCATIONS_SEEN: AtomicU64 = AtomicU64::new(0);
 
-/// Resets the process peak to the current (published) live bytes.
+/// Resets the process peak to the current (published) live bytes. What other threads publish
+/// while it runs and still hold when it returns stays in the peak.
 ///
 /// ```
 /// # #[global_allocator]
@@ -218,7 +222,12 @@ static DEALLOCATIONS_SEEN: AtomicU64 = AtomicU64::new(0);
 /// assert!(perfalloc::stats().peak_live_bytes < 64 << 20);
 /// ```
 pub fn reset_peak() {
-    PEAK.store(LIVE.load(Relaxed), Relaxed);
+    // A thread that published between the load and the swap had its `fetch_max` (a release)
+    // overwritten; the swap acquires it, so the second load sees what that thread added to `LIVE`
+    // and, if it still holds it, the peak keeps it. (What it published and took back within the
+    // call is forgotten, as if the reset came after.)
+    PEAK.swap(LIVE.load(Relaxed), AcqRel);
+    PEAK.fetch_max(LIVE.load(Relaxed), Relaxed);
 }
 
 fn thread_totals(h: &Heap) -> Totals {
@@ -305,8 +314,8 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 
 /// Sets (or with `None` removes) a limit on live bytes: an allocation that would take the
 /// process past it returns null, so `Vec::try_reserve` fails cleanly and infallible collections
-/// call `handle_alloc_error`. See the module docs for the slack. Without the default `stats`
-/// feature the limit is stored but not enforced.
+/// call `handle_alloc_error`. A `realloc` that shrinks its block is never refused. See the module
+/// docs for the slack. Without the default `stats` feature the limit is stored but not enforced.
 ///
 /// ```
 /// # #[global_allocator]
@@ -320,7 +329,13 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 /// perfalloc::set_limit(None);
 /// ```
 pub fn set_limit(limit: Option<u64>) {
-    LIMIT.store(limit.unwrap_or(u64::MAX).min(i64::MAX as u64), Relaxed);
+    // No limit is `u64::MAX`, which `admits` tests before anything else; a limit no count of live
+    // bytes (an `i64`) can reach is none.
+    let stored = match limit {
+        Some(l) if l < i64::MAX as u64 => l,
+        _ => u64::MAX,
+    };
+    LIMIT.store(stored, Relaxed);
 }
 
 /// The current limit, if any.
@@ -408,5 +423,22 @@ impl fmt::Display for Measurement {
             self.reallocations,
             Bytes(self.peak_bytes)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No limit, however it is asked for, is the value `admits` tests before anything else, so
+    /// that removing a limit restores the unchecked path (these calls set no real limit, which
+    /// would disturb the tests running beside this one).
+    #[test]
+    fn no_limit_is_stored_as_the_unchecked_value() {
+        for none in [None, Some(u64::MAX), Some(i64::MAX as u64)] {
+            set_limit(none);
+            assert_eq!(LIMIT.load(Relaxed), u64::MAX, "set_limit({none:?})");
+            assert_eq!(limit(), None);
+        }
     }
 }
