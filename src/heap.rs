@@ -111,7 +111,8 @@ const STATE_LIVE: u8 = 2;
 /// **Slow lock.** Everything the fast paths never touch (page queues, segments and their page
 /// records, the large cache, the dirty bytes and purge deadline) is touched only by the holder of
 /// `slow`: the owner through each of its slow paths, or another thread purging the heap while its
-/// owner is idle (`purge_idle_heaps`). The owner takes it without contention but for those rare
+/// owner is idle or gone (`purge_idle_heaps`, which also takes back the blocks in `remote` into
+/// their pages, never into bins). The owner takes it without contention but for those rare
 /// purges; the fast paths never take it. Nothing may allocate while holding it: the allocation's
 /// own slow path would wait for it forever. `lock_slow` turns that into an abort with a message
 /// (except on the fallback heap, where such an allocation waits for the `FALLBACK` lock first).
@@ -983,7 +984,9 @@ impl<'a> GiveBack<'a> {
 /// the bin has room, where the next allocations reuse it without its page record being touched: a
 /// producer thread whose blocks a consumer frees gets them back for a pointer copy each, instead of
 /// linking them into their pages and taking them out again. The rest, and all of them without
-/// `to_bins` (a trim, which wants the pages emptied), go back into their pages.
+/// `to_bins` (a trim, which wants the pages emptied), go back into their pages. Under `heap.slow`;
+/// without `to_bins` it touches no bin, so a thread other than the owner may run it (a foreign
+/// purge: the owner's fast paths touch only bins).
 fn drain_remote(heap: &Heap, to_bins: bool) {
     if heap.remote.is_empty() {
         return;
@@ -1000,11 +1003,10 @@ fn drain_remote(heap: &Heap, to_bins: bool) {
             let page = segment::page_of(m.cast());
             let class = (*page).class as usize;
             let capacity = carrier_capacity((*page).block_size as usize);
-            let mut top = heap.tops[class].get();
-            let stop = if to_bins {
-                heap.highs[class].get()
+            let (mut top, stop) = if to_bins {
+                (heap.tops[class].get(), heap.highs[class].get())
             } else {
-                top
+                (ptr::null_mut(), ptr::null_mut()) // no slot: every block goes to its page
             };
             let words = m.cast::<*mut Block>();
             let mut put = |b: *mut Block| {
@@ -1024,7 +1026,9 @@ fn drain_remote(heap: &Heap, to_bins: bool) {
                 put(b);
             }
             put(m);
-            heap.tops[class].set(top);
+            if to_bins {
+                heap.tops[class].set(top);
+            }
             m = next;
         }
     }
@@ -1286,7 +1290,14 @@ static NEXT_IDLE_SCAN: AtomicU64 = AtomicU64::new(0);
 /// it until it next allocates. At most one thread scans per `PURGE_DELAY_MS`; a heap whose owner
 /// is in a slow path (holding `slow`) is skipped. The passes are the owner's own (`purge` with
 /// `all` false), so an idle heap's empty pages go back within about four periods of its last
-/// free, given slow paths on any other thread.
+/// free, given slow paths on any other thread. Each pass first takes back into their pages the
+/// blocks other threads sent the heap.
+///
+/// Orphaned heaps (their thread exited) have no owner at all: blocks that other threads free into
+/// them (a producer thread that exited, its consumer freeing what it made) wait in their remote
+/// list, holding their pages, until a new thread adopts the heap. The scan takes them back and
+/// purges the heap with the same timed pass: pages that emptied are released unless a thread
+/// adopted the heap and used them since its last pass (the exit's full purge was one).
 #[cold]
 #[inline(never)]
 fn purge_idle_heaps(me: &Heap) {
@@ -1309,7 +1320,13 @@ fn purge_idle_heaps(me: &Heap) {
     };
     let overdue = |h: &Heap| {
         let deadline = h.purge_deadline.load(Ordering::Relaxed);
-        h.thread_owned.load(Ordering::Relaxed) && deadline != 0 && now >= deadline + PURGE_DELAY_MS
+        if h.thread_owned.load(Ordering::Relaxed) {
+            deadline != 0 && now >= deadline + PURGE_DELAY_MS
+        } else {
+            // The fallback heap, orphans, and a heap whose thread is in its exit destructor
+            // (which waits for `slow` in `trim_current`).
+            !h.remote.is_empty() || (deadline != 0 && now >= deadline)
+        }
     };
     // The list is walked without the registry lock (see `heaps_from`).
     let first = REGISTRY.lock().all;
@@ -1320,6 +1337,7 @@ fn purge_idle_heaps(me: &Heap) {
         if let Some(_slow) = heap.slow.try_lock() {
             // Checked again under the lock: the owner may have purged it meanwhile.
             if overdue(heap) {
+                drain_remote(heap, false);
                 purge(heap, false);
                 // Nothing left to purge: if `purge` re-armed the heap, it was only to bring the
                 // arena's purge along, which `me`, a running thread, does instead.
