@@ -64,7 +64,7 @@ use crate::size_class::{self, CLASSES};
 use crate::sync::{Backoff, SpinGuard, SpinLock};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Dirty bytes a heap may hold before it purges regardless of their age.
@@ -165,6 +165,9 @@ pub struct Heap {
     next_orphan: Cell<*mut Heap>,
     /// Blocks of this heap freed by other threads (see the module docs and `remote`).
     remote: CachePadded<RemoteList<Block>>,
+    /// `remote`'s head at the previous scan for idle heaps (`purge_idle_heaps`); written only by
+    /// the scanning thread.
+    remote_seen: AtomicPtr<Block>,
 }
 
 // SAFETY: see the struct docs: the bins' and counters' Cells are owner-only, the page-side ones are
@@ -197,6 +200,7 @@ impl Heap {
             next_all: Cell::new(ptr::null_mut()),
             next_orphan: Cell::new(ptr::null_mut()),
             remote: CachePadded::new(RemoteList::new()),
+            remote_seen: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -1293,6 +1297,12 @@ static NEXT_IDLE_SCAN: AtomicU64 = AtomicU64::new(0);
 /// free, given slow paths on any other thread. Each pass first takes back into their pages the
 /// blocks other threads sent the heap.
 ///
+/// An owner that runs no slow path (waiting, or allocating only from its bins) does not take the
+/// blocks other threads free into its heap either: they wait in its remote list, holding their
+/// pages. A list whose head has not moved between two scans has not been taken for a period; the
+/// scan takes it back into the pages, which arms the heap's timed purge like any free that empties
+/// a page, and the scans after that purge it while the owner stays away.
+///
 /// Orphaned heaps (their thread exited) have no owner at all: blocks that other threads free into
 /// them (a producer thread that exited, its consumer freeing what it made) wait in their remote
 /// list, holding their pages, until a new thread adopts the heap. The scan takes them back and
@@ -1328,13 +1338,25 @@ fn purge_idle_heaps(me: &Heap) {
             !h.remote.is_empty() || (deadline != 0 && now >= deadline)
         }
     };
+    // Blocks sent back that nobody took for a whole period (see above).
+    let stale_remote = |h: &Heap| {
+        let head = h.remote.head();
+        !head.is_null() && h.remote_seen.swap(head, Ordering::Relaxed) == head
+    };
     // The list is walked without the registry lock (see `heaps_from`).
     let first = REGISTRY.lock().all;
     for heap in heaps_from(first) {
-        if ptr::eq(heap, me) || !overdue(heap) {
+        if ptr::eq(heap, me) {
+            continue;
+        }
+        let stale = stale_remote(heap);
+        if !stale && !overdue(heap) {
             continue;
         }
         if let Some(_slow) = heap.slow.try_lock() {
+            if stale {
+                drain_remote(heap, false);
+            }
             // Checked again under the lock: the owner may have purged it meanwhile.
             if overdue(heap) {
                 drain_remote(heap, false);

@@ -1,7 +1,7 @@
 //! The remote-free list: the one lock-free protocol in the allocator.
 //!
-//! Any thread may push a chain of blocks (`push_chain`); only the heap's owner takes them, all at
-//! once (`take_all`). A push is a Treiber-stack push of a whole chain: link the chain's tail to the
+//! Any thread may push a chain of blocks (`push_chain`); the heap's owner, or a thread purging the
+//! heap for it, takes them all at once (`take_all`). A push is a Treiber-stack push of a whole chain: link the chain's tail to the
 //! current head, then compare-and-swap the head from that value to the chain's head (Release, so
 //! the links are visible to the taker). `take_all` swaps the head with null (Acquire). Because the
 //! consumer never pops single nodes, a node's address can never be re-pushed while a stale head is
@@ -66,7 +66,15 @@ impl<T: Link> RemoteList<T> {
         }
     }
 
-    /// Takes every node pushed so far, as a null-terminated chain. Only the owner may call it.
+    /// The first node now (null if empty), only to compare with a later look: a list whose head
+    /// has not changed has been neither taken nor pushed onto in between.
+    pub fn head(&self) -> *mut T {
+        self.head.load(Ordering::Relaxed)
+    }
+
+    /// Takes every node pushed so far, as a null-terminated chain. Callers that take at the same
+    /// time get disjoint chains (a swap), but the nodes' users must not race: the allocator takes
+    /// a heap's list only under that heap's `slow` lock.
     pub fn take_all(&self) -> *mut T {
         self.head.swap(ptr::null_mut(), Ordering::Acquire)
     }
