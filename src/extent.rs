@@ -221,6 +221,12 @@ pub fn maybe_purge() -> bool {
     DEADLINE.load(Relaxed) != 0
 }
 
+/// Whether a timed purge is scheduled (something is dirty).
+#[cfg(test)]
+pub fn purge_scheduled() -> bool {
+    DEADLINE.load(Relaxed) != 0
+}
+
 /// Purges now, whatever the delay (for `trim`).
 pub fn purge_now() {
     ARENA.lock().purge(Purge::All);

@@ -346,8 +346,9 @@ pub fn limit() -> Option<u64> {
     }
 }
 
-/// Returns the calling thread's cached free memory to its pages and the OS now, instead of after
-/// the usual delay (like `malloc_trim`).
+/// Returns the calling thread's cached free memory to its pages and the OS now, and the free
+/// memory of the arena all threads' large blocks share, instead of after the usual delay (like
+/// `malloc_trim`). A thread's exit does the first part for it, not the second.
 pub fn trim() {
     heap::trim_current();
 }

@@ -142,6 +142,22 @@ fn large_blocks_coalesce_grow_in_place_and_are_reused_without_faults_then_trim()
     }
     drop(held);
 
+    // A thread's exit purges its own heap, not the arena the other threads share: the empty
+    // region stays for its timed purge (checked only if no timed purge can be due yet).
+    give(take(4 * MIB), 4 * MIB);
+    let freed_at = std::time::Instant::now();
+    let mapped = perfalloc::stats().mapped_bytes;
+    std::thread::spawn(|| drop(std::hint::black_box(vec![0u8; 100])))
+        .join()
+        .unwrap();
+    let after_exit = perfalloc::stats().mapped_bytes;
+    if freed_at.elapsed() < std::time::Duration::from_millis(150) {
+        assert!(
+            after_exit + 64 * MIB as u64 > mapped,
+            "a thread's exit released the shared arena: {after_exit} of {mapped} bytes mapped"
+        );
+    }
+
     // A trim does it at once.
     give(take(4 * MIB), 4 * MIB);
     let mapped = perfalloc::stats().mapped_bytes;
