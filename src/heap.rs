@@ -61,7 +61,7 @@ use crate::os;
 use crate::remote::RemoteList;
 use crate::segment::{self, Block, Page, Segment, MEDIUM_PAGE_SHIFT, NO_CLASS, SMALL_PAGE_SHIFT};
 use crate::size_class::{self, CLASSES};
-use crate::sync::{Backoff, SpinGuard, SpinLock};
+use crate::sync::{ForkSafeOnce, SpinGuard, SpinLock};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
@@ -1520,11 +1520,17 @@ struct FallbackHeap(*mut Heap);
 // SAFETY: the pointer is to a heap that lives forever; the lock serialises its users.
 unsafe impl Send for FallbackHeap {}
 
-const KEY_UNSET: u8 = 0;
-const KEY_BUSY: u8 = 1;
-const KEY_SET: u8 = 2;
-const KEY_FAILED: u8 = 3;
-static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_UNSET);
+/// The thread-exit key and the fork handlers, set up once, by the first thread that needs a heap
+/// (`ForkSafeOnce`: a child forked in the middle finishes the setup instead of waiting forever).
+static KEY_SETUP: ForkSafeOnce = ForkSafeOnce::new();
+/// The steps of that setup done so far, so that a forked child that finishes it does neither twice.
+const KEY_NONE: u8 = 0;
+const KEY_MADE: u8 = 1;
+const KEY_FAILED: u8 = 2;
+static KEY_CREATED: AtomicU8 = AtomicU8::new(KEY_NONE);
+/// Set after `pthread_atfork` returns, and by `fork_prepare` (which runs only once registered):
+/// a child forked between the two still knows its handlers are in place.
+static HANDLERS_SET: AtomicBool = AtomicBool::new(false);
 static mut KEY: libc::pthread_key_t = 0;
 
 /// Adds every heap's counters and the exited threads' totals to `t`, under the registry lock, and
@@ -1706,39 +1712,31 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     unsafe { orphan(&mut REGISTRY.lock(), heap_ptr) };
 }
 
+/// Creates the thread-exit key and registers the fork handlers if no thread of this process has;
+/// whether the key exists.
 fn ensure_key() -> bool {
-    let mut backoff = Backoff::new();
-    loop {
-        match KEY_STATE.load(Ordering::Acquire) {
-            KEY_SET => return true,
-            KEY_FAILED => return false,
-            KEY_UNSET => {
-                if KEY_STATE
-                    .compare_exchange(KEY_UNSET, KEY_BUSY, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    // SAFETY: runs once (guarded by KEY_STATE); KEY is written before KEY_SET is
-                    // published with Release and read only after an Acquire load sees it.
-                    let ok = unsafe {
-                        let ok =
-                            libc::pthread_key_create(ptr::addr_of_mut!(KEY), Some(on_thread_exit))
-                                == 0;
-                        // Parent and child release what `fork_prepare` took; the child also closes
-                        // counter updates that threads it lacks were making.
-                        libc::pthread_atfork(
-                            Some(fork_prepare),
-                            Some(fork_parent),
-                            Some(fork_child),
-                        );
-                        ok
-                    };
-                    KEY_STATE.store(if ok { KEY_SET } else { KEY_FAILED }, Ordering::Release);
-                }
-            }
-            // Another thread is creating the key: on 2 cores, spinning could starve it.
-            _ => backoff.snooze(),
+    KEY_SETUP.run(os::process_id, || {
+        if KEY_CREATED.load(Ordering::Acquire) == KEY_NONE {
+            // SAFETY: runs once per process (guarded by KEY_SETUP and KEY_CREATED); KEY is written
+            // before KEY_SETUP publishes the setup done (Release) and read only after a caller
+            // sees it done (Acquire).
+            let made = unsafe {
+                libc::pthread_key_create(ptr::addr_of_mut!(KEY), Some(on_thread_exit)) == 0
+            };
+            let created = if made { KEY_MADE } else { KEY_FAILED };
+            KEY_CREATED.store(created, Ordering::Release);
         }
-    }
+        if !HANDLERS_SET.load(Ordering::Acquire) {
+            // Parent and child release what `fork_prepare` took; the child also closes counter
+            // updates that threads it lacks were making.
+            // SAFETY: the handlers are `extern "C"` functions that live forever.
+            unsafe {
+                libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child))
+            };
+            HANDLERS_SET.store(true, Ordering::Release);
+        }
+        KEY_CREATED.load(Ordering::Acquire) == KEY_MADE
+    })
 }
 
 /// Runs `f` on the shared fallback heap under its lock; null-like default if none can be made.
@@ -1760,6 +1758,7 @@ fn with_fallback<R: Default>(f: impl FnOnce(&Heap) -> R) -> R {
 }
 
 extern "C" fn fork_prepare() {
+    HANDLERS_SET.store(true, Ordering::Relaxed);
     IDLE_SCAN.raw_lock();
     FALLBACK.raw_lock();
     REGISTRY.raw_lock();

@@ -205,6 +205,12 @@ pub fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// The calling process's id.
+pub fn process_id() -> i32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() }
+}
+
 /// The calling thread's kernel id and its process's id, as `(pid, tid)`.
 pub fn thread_ids() -> (i32, i32) {
     // SAFETY: neither call has preconditions; `gettid` cannot fail.

@@ -15,7 +15,7 @@ pub mod atomic {
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 /// How a thread waits for another to finish something short (release a lock, end an update):
 /// spin a little, then give the processor away, since on 2 cores a spinning waiter can starve the
@@ -37,6 +37,96 @@ impl Backoff {
         } else {
             // SAFETY: sched_yield has no preconditions.
             unsafe { libc::sched_yield() };
+        }
+    }
+}
+
+/// A one-time initialisation that a `fork` in its middle cannot leave unfinished.
+///
+/// With a plain state word (or `std::sync::Once`), a child forked while another thread was running
+/// the initialisation would wait for it forever: that thread does not exist in the child. Here the
+/// process that started it is recorded, and a thread that finds it under way in another process
+/// (so in a forked child) takes it over and runs it again; `init` must therefore finish whatever a
+/// partial run left undone without redoing what it did (the allocator's tracks its own steps).
+///
+/// Invariant: `state` is `BUSY` only while a thread of process `pid` runs `init` (or, in a forked
+/// child, until a thread of the child takes it over); `pid` is written before `state` leaves
+/// `UNSET`, by every contender alike (threads of one process share their pid).
+pub struct ForkSafeOnce {
+    state: AtomicU8,
+    pid: AtomicI32,
+}
+
+impl ForkSafeOnce {
+    const UNSET: u8 = 0;
+    const BUSY: u8 = 1;
+    const DONE: u8 = 2;
+    const FAILED: u8 = 3;
+
+    pub const fn new() -> Self {
+        ForkSafeOnce {
+            state: AtomicU8::new(Self::UNSET),
+            pid: AtomicI32::new(0),
+        }
+    }
+
+    /// Runs `init` if no thread of this process has (or, in a forked child, finishes it), and
+    /// returns whether it succeeded. `pid` gives the calling process's id.
+    pub fn run(&self, pid: impl Fn() -> i32, init: impl FnOnce() -> bool) -> bool {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                Self::DONE => return true,
+                Self::FAILED => return false,
+                Self::UNSET => {
+                    self.pid.store(pid(), Ordering::Relaxed);
+                    // Release: a thread that sees BUSY sees the pid stored above.
+                    if self
+                        .state
+                        .compare_exchange(
+                            Self::UNSET,
+                            Self::BUSY,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        return self.finish(init);
+                    }
+                }
+                _ => {
+                    let me = pid();
+                    let started = self.pid.load(Ordering::Relaxed);
+                    // Started in another process: the thread running it is not in this one. One
+                    // thread of this process takes it over; the others wait for it as for anyone.
+                    if started != me
+                        && self
+                            .pid
+                            .compare_exchange(started, me, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        return self.finish(init);
+                    }
+                    // On 2 cores, spinning could starve the thread running it.
+                    backoff.snooze();
+                }
+            }
+        }
+    }
+
+    fn finish(&self, init: impl FnOnce() -> bool) -> bool {
+        let ok = init();
+        let done = if ok { Self::DONE } else { Self::FAILED };
+        self.state.store(done, Ordering::Release);
+        ok
+    }
+
+    /// The state a child inherits when its parent forked while process `pid` was initialising.
+    #[cfg(test)]
+    pub const fn busy_in(pid: i32) -> Self {
+        ForkSafeOnce {
+            state: AtomicU8::new(Self::BUSY),
+            pid: AtomicI32::new(pid),
         }
     }
 }
@@ -144,7 +234,63 @@ impl<T> Drop for SpinGuard<'_, T> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::SpinLock;
+    use super::{ForkSafeOnce, SpinLock};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// Eight threads race to initialise: one runs `init`, all see its result, later calls too.
+    #[test]
+    fn fork_safe_once_runs_once_and_everyone_sees_the_result() {
+        for ok in [true, false] {
+            let once = ForkSafeOnce::new();
+            let runs = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        let got = once.run(
+                            || std::process::id() as i32,
+                            || {
+                                runs.fetch_add(1, SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                                ok
+                            },
+                        );
+                        assert_eq!(got, ok);
+                    });
+                }
+            });
+            assert_eq!(runs.load(SeqCst), 1);
+            assert_eq!(once.run(|| 1, || unreachable!()), ok);
+        }
+    }
+
+    /// In a child forked while its parent was initialising, the first caller finishes the job
+    /// instead of waiting for a thread that is not there; a second caller then sees it done.
+    #[test]
+    fn fork_safe_once_is_taken_over_in_a_forked_child() {
+        let parent = 4242;
+        let child = 4343;
+        let once = ForkSafeOnce::busy_in(parent);
+        let runs = AtomicUsize::new(0);
+        let init = || {
+            runs.fetch_add(1, SeqCst);
+            true
+        };
+        assert!(once.run(|| child, init));
+        assert!(once.run(|| child, || unreachable!()));
+        assert_eq!(runs.load(SeqCst), 1);
+        // The parent's own waiters (same pid as the starter) do not take it over.
+        let busy = ForkSafeOnce::busy_in(parent);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| busy.run(|| parent, || unreachable!()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(
+                !waiter.is_finished(),
+                "a waiter in the starting process took over"
+            );
+            busy.finish(|| true);
+            assert!(waiter.join().unwrap());
+        });
+    }
 
     /// A failed `try_lock` leaves the lock with its holder; the holder's release frees it.
     #[test]
