@@ -440,17 +440,11 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
         let heap = current();
         if old_class != new_class && heap.is_live() {
             begin_move(heap);
-            // The memory limit is checked by the allocation, as for any small one, but does not
-            // refuse a move that shrinks the block (`ThreadCounters::exempt_from_limit`).
-            let mut q = alloc_small(heap, new_class, new);
-            if q.is_null() && new <= old {
-                q = heap
-                    .counters
-                    .exempt_from_limit(|| alloc_small(heap, new_class, new));
-            }
+            // The memory limit is checked by the allocation, as for any small one.
+            let q = alloc_small(heap, new_class, new);
             if q.is_null() {
-                cancel_move(heap);
-                return q;
+                // SAFETY: forwarded caller promise; the move is begun on `heap`, this thread's.
+                return unsafe { small_move_refused(heap, p, (old_class, old), new) };
             }
             // SAFETY: both blocks are live and distinct; each holds at least min(old, new) bytes;
             // `p` is a block of `old_class` that the caller gives up (forwarded promise), and
@@ -465,6 +459,43 @@ pub unsafe fn realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut 
     }
     // SAFETY: forwarded caller promise.
     unsafe { realloc_general(p, old, align, new) }
+}
+
+/// The allocation of `realloc`'s small move of `p` came back null: retried exempt from the memory
+/// limit if the move shrinks the block (it ends with fewer live bytes), else the move is given up
+/// (null, `p` untouched, the move's count taken back).
+///
+/// # Safety
+/// As for `realloc`; `p` is a block of `old.0`, `heap` is this thread's live heap, and
+/// `begin_move` counted the move on it.
+#[cold]
+#[inline(never)]
+unsafe fn small_move_refused(
+    heap: &Heap,
+    p: *mut u8,
+    (old_class, old): (usize, usize),
+    new: usize,
+) -> *mut u8 {
+    // The class is computed again rather than kept live across the first allocation: on the path
+    // every small realloc takes, one register fewer saved.
+    let new_class = size_class::table_class(new);
+    let q = if new <= old {
+        heap.counters
+            .exempt_from_limit(|| alloc_small(heap, new_class, new))
+    } else {
+        ptr::null_mut()
+    };
+    if q.is_null() {
+        cancel_move(heap);
+        return q;
+    }
+    // SAFETY: as in `realloc`: both blocks are live and distinct, `p` is the caller's to give up.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, new);
+        free_small(heap, p.cast(), old_class, old);
+    }
+    end_move(heap);
+    q
 }
 
 // A moving realloc (an allocation, a copy and a free) is counted as one realloc, not as an

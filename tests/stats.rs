@@ -329,6 +329,53 @@ fn limit_never_refuses_a_realloc_that_shrinks() {
     .unwrap();
 }
 
+/// The same for a small block moving to a smaller table class (`realloc`'s fast path): this thread
+/// has not published its last ~126 KiB, so the new block's allocation would publish, and be
+/// checked against the limit.
+fn limit_never_refuses_a_small_realloc_that_shrinks() {
+    use std::alloc::{alloc, dealloc, realloc, Layout};
+    std::thread::spawn(|| {
+        let old = Layout::from_size_align(4000, 8).unwrap();
+        // SAFETY: a valid non-zero layout.
+        let p = unsafe { alloc(old) };
+        assert!(!p.is_null());
+        // SAFETY: `p` holds 4000 bytes.
+        unsafe { std::ptr::write_bytes(p, 9, old.size()) };
+        let threshold = perfalloc::PUBLISH_THRESHOLD as i64;
+        let mut held: Vec<Box<[u8; 1024]>> = Vec::with_capacity(200);
+        // The thread started at net 0 with nothing published; staying below the threshold, it
+        // publishes nothing.
+        while thread_stats().net_bytes < threshold - 2048 {
+            held.push(Box::new([0; 1024]));
+        }
+        assert!(thread_stats().net_bytes < threshold);
+        perfalloc::set_limit(Some(1));
+        let refused = Vec::<u8>::new().try_reserve_exact(3000).is_err();
+        // SAFETY: `p` came from `alloc` with `old`; the new size is non-zero.
+        let q = unsafe { realloc(p, old, 3000) };
+        perfalloc::set_limit(None);
+        assert!(
+            refused,
+            "the limit admitted a request that would publish past it"
+        );
+        assert!(
+            !q.is_null(),
+            "the limit refused a small realloc that shrinks"
+        );
+        // SAFETY: `q` holds 3000 bytes, copied from `p`.
+        let kept = unsafe { std::slice::from_raw_parts(q, 3000) };
+        assert!(
+            kept.iter().all(|&b| b == 9),
+            "the shrunken block lost its contents"
+        );
+        // SAFETY: `q` came from `realloc` with this size and alignment.
+        unsafe { dealloc(q, Layout::from_size_align(3000, 8).unwrap()) };
+        drop(held);
+    })
+    .join()
+    .unwrap();
+}
+
 fn limit_makes_try_reserve_fail_and_recovers() {
     let live = stats().live_bytes;
     perfalloc::set_limit(Some(live + (64 << 20)));
@@ -983,6 +1030,10 @@ fn main() {
         (
             "limit_never_refuses_a_realloc_that_shrinks",
             limit_never_refuses_a_realloc_that_shrinks,
+        ),
+        (
+            "limit_never_refuses_a_small_realloc_that_shrinks",
+            limit_never_refuses_a_small_realloc_that_shrinks,
         ),
         (
             "limit_holds_when_threads_ask_at_the_same_moment",
